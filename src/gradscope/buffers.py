@@ -1,0 +1,108 @@
+"""Device-resident per-step statistics and their batched, non-blocking hand-off to the host.
+
+Each metric is a [capacity x rows] float32 tensor on the watched model's device, NaN where nothing
+was recorded. Writing a step is an indexed copy on the device; only ``take`` moves data to the host,
+once per ``capacity`` steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gradscope.run import format as fmt
+
+
+class StepBuffers:
+    """The statistics of up to ``capacity`` steps, one slot per recorded step."""
+
+    def __init__(self, capacity: int, device: torch.device, widths: dict[str, int]) -> None:
+        self.capacity = capacity
+        self.device = device
+        self.widths = dict(widths)
+        self.steps: list[int] = []
+        self._metrics: dict[str, Tensor] = {}
+        self._scalars: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def full(self) -> bool:
+        return len(self.steps) >= self.capacity
+
+    def open_slot(self, step: int) -> int:
+        """Reserve the next slot for ``step`` and return its index."""
+        self.steps.append(step)
+        return len(self.steps) - 1
+
+    def grow(self, kind: str, width: int) -> None:
+        """Rows of ``kind`` now number ``width`` (rows are only ever appended)."""
+        old = self.widths.get(kind, 0)
+        if width <= old:
+            return
+        self.widths[kind] = width
+        for name in fmt.METRICS[kind]:
+            key = fmt.metric_key(kind, name)
+            t = self._metrics.get(key)
+            if t is not None:
+                pad = torch.full((self.capacity, width - old), torch.nan, device=self.device)
+                self._metrics[key] = torch.cat([t, pad], dim=1)
+
+    def metric(self, kind: str, name: str) -> Tensor:
+        key = fmt.metric_key(kind, name)
+        t = self._metrics.get(key)
+        if t is None:
+            t = torch.full((self.capacity, self.widths.get(kind, 0)), torch.nan, device=self.device)
+            self._metrics[key] = t
+        return t
+
+    def put(self, kind: str, name: str, slot: int, values: Tensor, cols: Tensor | None = None) -> None:
+        """Write ``values`` into a slot: all leading columns, or the columns ``cols`` (device index)."""
+        row = self.metric(kind, name)[slot]
+        if cols is None:
+            row[: values.shape[0]].copy_(values)
+        else:
+            row.index_copy_(0, cols, values.to(row.dtype))
+
+    def put_scalar(self, name: str, slot: int, value: Tensor | float) -> None:
+        t = self._scalars.get(name)
+        if t is None:
+            t = torch.full((self.capacity,), torch.nan, device=self.device)
+            self._scalars[name] = t
+        if isinstance(value, Tensor):
+            t[slot].copy_(value.detach().reshape(()))
+        else:
+            t[slot] = value
+
+    def take(self) -> Callable[[], dict[str, np.ndarray]]:
+        """Start the copy of the filled slots to the host and reset; the returned callable finishes it.
+
+        On CUDA the copy is non-blocking into pinned memory and the callable waits on an event, so
+        the training thread never waits for it (the writer thread does).
+        """
+        n = len(self.steps)
+        steps = np.asarray(self.steps, dtype=np.int64)
+        named = {k: v[:n] for k, v in self._metrics.items()}
+        named.update({fmt.scalar_key(k): v[:n] for k, v in self._scalars.items()})
+        self.steps = []
+        self._metrics = {}
+        self._scalars = {}
+        if self.device.type == "cuda":
+            host = {k: v.to("cpu", non_blocking=True) for k, v in named.items()}
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host, event = named, None  # CPU: hand the tensors over, fresh ones are allocated
+
+        def finish() -> dict[str, np.ndarray]:
+            if event is not None:
+                event.synchronize()  # waits on the writer thread, never on the training thread
+            out = {"step": steps}
+            out.update({k: v.numpy().astype(np.float32, copy=False) for k, v in host.items()})
+            return out
+
+        return finish

@@ -1,0 +1,110 @@
+"""The run-directory format: schema version, row kinds, metric names and manifest (de)serialisation.
+
+RUN/manifest.json   schema, rows, metrics, config, environment
+RUN/chunks/NNNNNN.npz one file per flush: ``step`` [T] int64 and one [T x rows] float32 array per metric
+RUN/events.jsonl    discrete events, one JSON object per line
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+CHUNK_DIR = "chunks"
+CHUNK_SUFFIX = ".npz"
+EVENTS = "events.jsonl"
+TB_DIR = "tb"
+
+KINDS = ("param", "act", "flow")
+METRICS: dict[str, tuple[str, ...]] = {
+    "param": ("grad_norm", "grad_max", "grad_nonfinite", "weight_norm", "update_ratio"),
+    "act": ("mean", "std", "zero_frac", "sat_frac", "nonfinite", "dead_frac"),
+    "flow": ("norm", "nonfinite"),
+}
+# Per-step scalars always present; users add their own with Scope.log().
+SCALARS = ("grad_norm", "lr")
+
+
+def chunk_name(index: int) -> str:
+    """File name of chunk ``index`` inside RUN/chunks/."""
+    return f"{index:06d}{CHUNK_SUFFIX}"
+
+
+def metric_key(kind: str, metric: str) -> str:
+    """Array name inside a chunk, e.g. ``param/grad_norm``."""
+    return f"{kind}/{metric}"
+
+
+def scalar_key(name: str) -> str:
+    return f"scalar/{name}"
+
+
+@dataclass
+class Row:
+    """One thing measured over steps: a parameter, a module's output, or the gradient into that output."""
+
+    name: str
+    kind: str
+    module_type: str
+    shape: list[int] = field(default_factory=list)
+    depth: int | None = None
+    trainable: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Row:
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str) or d.get("kind") not in KINDS:
+            raise ValueError(f"malformed row entry {str(d)[:80]!r}")
+        depth = d.get("depth")
+        shape = d.get("shape") or []
+        if not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):
+            raise ValueError(f"row {d['name']!r} has a malformed shape {shape!r}")
+        return cls(
+            name=d["name"],
+            kind=d["kind"],
+            module_type=str(d.get("module_type", "")),
+            shape=shape,
+            depth=depth if isinstance(depth, int) else None,
+            trainable=bool(d.get("trainable", True)),
+        )
+
+
+def environment() -> dict[str, Any]:
+    """Where the run was recorded: versions, host platform, git commit of the working directory if any."""
+    import torch
+
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda,
+        "pid": os.getpid(),
+    }
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=2, check=False
+        )
+        if out.returncode == 0:
+            env["git_commit"] = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return env
+
+
+def make_manifest(rows: list[Row], config: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION,
+        "format": "gradscope-run",
+        "rows": [r.to_json() for r in rows],
+        "metrics": {k: list(v) for k, v in METRICS.items()},
+        "config": config,
+        "environment": env,
+    }

@@ -1,0 +1,462 @@
+"""Scope: watches a model (and optimizer), keeps per-step statistics on the device, writes the run.
+
+Life of a step: forward hooks add activation sums; output-gradient hooks add backward-flow sums;
+at the end of each backward the parameter gradients are measured (so they are pre-clip); the
+optimizer's step hook writes them into the step's slot. The step closes at the next training
+activity, and every ``flush_every`` steps the slots go to the writer thread in one copy.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gradscope import functional as F
+from gradscope import hooks
+from gradscope.buffers import StepBuffers
+from gradscope.rows import plan
+from gradscope.run import format as fmt
+from gradscope.run.format import Row
+from gradscope.run.writer import RunWriter
+
+
+class Scope:
+    """A watched training run. Create with :func:`gradscope.watch`; use as a context manager."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+        *,
+        log_dir: str | os.PathLike[str] | None = None,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        every: int = 1,
+        flush_every: int = 100,
+        activations: bool = True,
+        flow: bool = True,
+        update_every: int = 10,
+        overwrite: bool = False,
+    ) -> None:
+        _check_args(model, optimizer, every, flush_every, update_every, include, exclude)
+        self.log_dir = _prepare_dir(log_dir, overwrite)
+        self.every, self.flush_every, self.update_every = every, flush_every, update_every
+        self.activations, self.flow = activations, flow
+        self._model: nn.Module | None = model
+        opts = [] if optimizer is None else list(optimizer) if isinstance(optimizer, Sequence) else [optimizer]
+        self._optimizers: list[torch.optim.Optimizer] = opts
+        self._named, watched, self._rows, hooked = plan(model, include, exclude)
+        self._params = [p for _, p in self._named]
+        self._watched = [self._params[i] for i in watched]
+        self._col_of = {i: c for c, i in enumerate(watched)}
+        self._trainable = [i for i, p in enumerate(self._params) if p.requires_grad]
+        self._device = self._params[0].device if self._params else torch.device("cpu")
+        self._stat_dtype = F._stat_dtype(self._device)
+        self._modules = hooked
+        self._handles: list[Any] = []
+        self._act_rows: list[int] = []  # module index per act row
+        self._act_acc = torch.zeros(0, F.ACT_N, dtype=self._stat_dtype, device=self._device)
+        self._flow_acc = torch.zeros(0, 3, dtype=self._stat_dtype, device=self._device)
+        self._dead_masks: dict[int, Tensor] = {}
+        self._next_depth = 0
+        self._step = 0
+        self._recorded = 0
+        self._stepped = False
+        self._slot: int | None = None
+        self._cb_queued = False
+        self._pending: tuple[tuple[int, ...], Tensor, Tensor, Tensor] | None = None
+        self._snapshots: dict[int, list[Tensor]] = {}
+        self._index_cache: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
+        self._events: list[dict[str, Any]] = []
+        self._rows_dirty = True
+        self._in_flush = False
+        self._closed = False
+        self._buffers = StepBuffers(flush_every, self._device, {"param": len(self._rows)})
+        self._writer = RunWriter(self.log_dir)
+        self._config = {
+            "include": list(include) if include is not None else None,
+            "exclude": list(exclude) if exclude is not None else None,
+            "every": every, "flush_every": flush_every, "update_every": update_every,
+            "activations": activations, "flow": flow, "optimizers": len(opts),
+            "model": type(model).__name__, "started": time.time(),
+        }
+        self._env = fmt.environment()
+        self._write_manifest()
+        self._attach()
+        self._atexit = _make_atexit(weakref.ref(self))
+        atexit.register(self._atexit)
+
+    # -- public ---------------------------------------------------------------------------------
+    @property
+    def step_index(self) -> int:
+        """Index of the step being recorded now (optimizer steps since watch())."""
+        return self._step
+
+    def log(self, **scalars: Tensor | float) -> None:
+        """Record per-step scalars (loss, accuracy, ...). Tensors stay on the device: no sync."""
+        if self._closed or not self._scheduled():
+            return
+        slot = self._ensure_slot()
+        for name, value in scalars.items():
+            if isinstance(value, Tensor):
+                if value.numel() != 1:
+                    raise ValueError(f"scope.log({name}=...) needs a scalar, got a tensor of shape "
+                                     f"{tuple(value.shape)}: reduce it first, e.g. .mean()")
+                value = value.detach().to(self._device)
+            elif not isinstance(value, (int, float)):
+                raise TypeError(f"scope.log({name}=...) needs a number or a scalar tensor, "
+                                f"got {type(value).__name__}")
+            self._buffers.put_scalar(name, slot, value)
+
+    def event(self, kind: str, **data: Any) -> None:
+        """Record a discrete event (plain Python values) at the current step."""
+        self._events.append({"step": self._step, "kind": kind, **data})
+
+    def step(self) -> None:
+        """Close the current step by hand; only for watch() without an optimizer."""
+        if self._optimizers:
+            raise RuntimeError("watch() was given an optimizer, so steps are recorded at optimizer.step(); "
+                               "do not call scope.step() as well")
+        if self._closed:
+            return
+        self._begin_activity()
+        if self._scheduled():
+            self._record_params()
+        self._stepped = True
+
+    def flush(self, wait: bool = False) -> None:
+        """Close the step if the optimizer has stepped, and hand recorded steps to the writer."""
+        if self._closed:
+            return
+        if self._stepped:
+            self._advance(flush=False)
+        self._flush()
+        if wait:
+            self._writer.drain()
+
+    def close(self) -> None:
+        """Flush everything, wait for the writer, remove every hook and drop every reference."""
+        if self._closed:
+            return
+        if self._slot is not None:
+            self._commit_step()
+        self._flush()
+        self._closed = True
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._writer.close()
+        atexit.unregister(self._atexit)
+        self._model = None
+        self._optimizers = []
+        self._named, self._params, self._watched, self._modules = [], [], [], []
+        self._pending, self._snapshots, self._dead_masks, self._index_cache = None, {}, {}, {}
+
+    @property
+    def write_errors(self) -> list[str]:
+        """Errors the writer met (disk full, permissions); empty when everything was written."""
+        return list(self._writer.errors)
+
+    def __enter__(self) -> Scope:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.event("exception", type=exc_type.__name__, message=str(exc)[:500])
+        self.close()
+
+    # -- attach ---------------------------------------------------------------------------------
+    def _attach(self) -> None:
+        for mi, (module, _) in enumerate(self._modules):
+            self._handles.append(module.register_forward_hook(hooks.forward_hook(self, mi)))
+        acc_hook = hooks.accumulate_grad_hook(self)
+        for i in self._trainable:
+            self._handles.append(self._params[i].register_post_accumulate_grad_hook(acc_hook))
+        for opt in self._optimizers:
+            self._handles.append(opt.register_step_pre_hook(hooks.optimizer_pre_hook(self)))
+            self._handles.append(opt.register_step_post_hook(hooks.optimizer_post_hook(self)))
+
+    # -- step bookkeeping -----------------------------------------------------------------------
+    def _scheduled(self) -> bool:
+        return self._step % self.every == 0
+
+    def _update_sampled(self) -> bool:
+        return self._scheduled() and (self._step // self.every) % self.update_every == 0
+
+    def _ensure_slot(self) -> int:
+        if self._slot is None:
+            self._slot = self._buffers.open_slot(self._step)
+        return self._slot
+
+    def _begin_activity(self) -> None:
+        if self._stepped:
+            self._advance(flush=True)
+
+    def _advance(self, flush: bool) -> None:
+        if self._slot is not None:
+            self._commit_step()
+        self._step += 1
+        self._stepped = False
+        self._slot = None
+        if flush and self._buffers.full:
+            self._flush()
+
+    def _commit_step(self) -> None:
+        """Turn the step's activation and flow sums into statistics in its slot; reset the sums."""
+        slot = self._slot
+        assert slot is not None
+        if self._act_rows and self.activations:
+            stats = F.activation_stats(self._act_acc)
+            for name in ("mean", "std", "zero_frac", "sat_frac", "nonfinite"):
+                self._buffers.put("act", name, slot, stats[name].float())
+            if self._dead_masks:
+                rows = list(self._dead_masks)
+                dead = torch.stack([1 - self._dead_masks[r].float().mean() for r in rows])
+                cols = torch.tensor(rows, device=self._device)
+                self._buffers.put("act", "dead_frac", slot, dead, cols=cols)
+                self._dead_masks.clear()
+            self._act_acc.zero_()
+        if self._act_rows and self.flow:
+            calls, sumsq, nonfinite = self._flow_acc.unbind(1)
+            hit = calls > 0
+            self._buffers.put("flow", "norm", slot, torch.where(hit, sumsq.sqrt(), torch.nan).float())
+            self._buffers.put("flow", "nonfinite", slot, torch.where(hit, nonfinite, torch.nan).float())
+            self._flow_acc.zero_()
+        self._recorded += 1
+
+    def _flush(self) -> None:
+        self._in_flush = True  # host copies below are the one deliberate sync point
+        try:
+            if self._rows_dirty:
+                self._write_manifest()
+            if len(self._buffers):
+                finish = self._buffers.take()
+                self._writer.submit(lambda: self._writer.write_chunk(finish()))
+            if self._events:
+                events, self._events = self._events, []
+                self._writer.submit(lambda: self._writer.write_events(events))
+        finally:
+            self._in_flush = False
+
+    def _write_manifest(self) -> None:
+        act = [self._modules[mi][1] for mi in self._act_rows]
+        rows = list(self._rows)
+        if self.activations:
+            rows += [Row(m.name, "act", m.module_type, [], m.depth) for m in act]
+        if self.flow:
+            rows += [Row(m.name, "flow", m.module_type, [], m.depth) for m in act]
+        manifest = fmt.make_manifest(rows, self._config, self._env)
+        self._writer.submit(lambda: self._writer.write_manifest(manifest))
+        self._rows_dirty = False
+
+    # -- hooks (called from hooks.py) ------------------------------------------------------------
+    def _on_forward(self, mi: int, module: nn.Module, output: Any) -> None:
+        if self._closed or not module.training or not torch.is_grad_enabled() or hooks.in_backward():
+            return  # eval / no_grad passes and checkpoint recomputes are not training steps
+        self._begin_activity()
+        info = self._modules[mi][1]
+        if info.depth is None:
+            self._assign_depth(mi, info)
+        if info.act_row is None or not self._scheduled():
+            return
+        y = hooks.first_tensor(output)
+        if y is None:
+            return
+        r = info.act_row
+        if self.activations:
+            self._act_acc[r] += F.activation_sums(y, info.module_type)
+            if info.module_type in F.DEAD_UNIT_TYPES:
+                alive = F.unit_active(y)
+                prev = self._dead_masks.get(r)
+                self._dead_masks[r] = alive if prev is None or prev.shape != alive.shape else prev | alive
+        if self.flow and y.requires_grad:
+            y.register_hook(hooks.flow_hook(self, r))
+
+    def _assign_depth(self, mi: int, info: Any) -> None:
+        info.depth = self._next_depth
+        self._next_depth += 1
+        for col in info.param_rows:
+            self._rows[col].depth = info.depth
+        if info.watched:
+            info.act_row = len(self._act_rows)
+            self._act_rows.append(mi)
+            zeros = torch.zeros(1, F.ACT_N, dtype=self._stat_dtype, device=self._device)
+            self._act_acc = torch.cat([self._act_acc, zeros])
+            self._flow_acc = torch.cat([self._flow_acc, zeros[:, :3]])
+            self._buffers.grow("act", len(self._act_rows))
+            self._buffers.grow("flow", len(self._act_rows))
+        self._rows_dirty = True
+
+    def _on_flow(self, r: int, grad: Tensor) -> None:
+        if self._closed:
+            return
+        dt = self._stat_dtype
+        sq = torch.linalg.vector_norm(grad.detach(), 2, dtype=dt).square()
+        nonfinite = grad.numel() - torch.isfinite(grad).sum()
+        self._flow_acc[r] += torch.stack([torch.ones((), dtype=dt, device=sq.device), sq, nonfinite.to(dt)])
+
+    def _on_grad_accumulated(self) -> None:
+        if self._closed or self._cb_queued:
+            return
+        self._begin_activity()
+        if not self._scheduled():
+            return
+        self._cb_queued = True
+        torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
+
+    def _on_backward_end(self) -> None:
+        """Measure the (accumulated, pre-clip) gradients once per backward pass."""
+        self._cb_queued = False
+        if self._closed:
+            return
+        self._pending = self._measure_grads()
+
+    def _measure_grads(self) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor]:
+        idx = tuple(i for i in self._trainable if self._params[i].grad is not None)
+        grads = [self._params[i].grad for i in idx]
+        norm, maxabs, nonfinite = F.grad_stats(grads)  # type: ignore[arg-type]
+        return idx, norm.to(self._device), maxabs.to(self._device), nonfinite.to(self._device)
+
+    def _on_optimizer_pre_step(self, opt: torch.optim.Optimizer) -> None:
+        if self._closed or not self._update_sampled():
+            return
+        cols = self._opt_cols(opt)
+        if cols:
+            self._snapshots[id(opt)] = torch._foreach_mul([self._watched[c].detach() for c in cols], 1.0)
+
+    def _on_optimizer_step(self, opt: torch.optim.Optimizer) -> None:
+        if self._closed:
+            return
+        before = self._snapshots.pop(id(opt), None)
+        primary = opt is self._optimizers[0]
+        if primary:
+            self._begin_activity()
+        if not self._scheduled():
+            self._stepped = self._stepped or primary
+            return
+        slot = self._ensure_slot()
+        if before is not None:
+            cols = self._opt_cols(opt)
+            after = [self._watched[c].detach() for c in cols]
+            delta = torch.stack(torch._foreach_norm(torch._foreach_sub(after, before)))
+            base = torch.stack(torch._foreach_norm(before))
+            ratio = (delta / base).to(self._device, torch.float32)
+            self._buffers.put("param", "update_ratio", slot, ratio, cols=self._device_index(cols))
+        if primary:
+            self._record_params()
+            for g, group in enumerate(opt.param_groups):
+                self._buffers.put_scalar("lr" if g == 0 else f"lr_group{g}", slot, group["lr"])
+            self._stepped = True
+
+    def _opt_cols(self, opt: torch.optim.Optimizer) -> list[int]:
+        ids = {id(p) for group in opt.param_groups for p in group["params"]}
+        return [c for c, p in enumerate(self._watched) if id(p) in ids and p.requires_grad]
+
+    def _device_index(self, cols: Sequence[int]) -> Tensor:
+        key = tuple(cols)
+        hit = self._index_cache.get(key)
+        if hit is None:
+            hit = (torch.tensor(key, dtype=torch.long, device=self._device),) * 2
+            self._index_cache[key] = hit
+        return hit[0]
+
+    def _record_params(self) -> None:
+        """Write the step's gradient statistics (measured at backward end) and weight norms."""
+        slot = self._ensure_slot()
+        pending, self._pending = self._pending, None
+        idx, norm, maxabs, nonfinite = pending if pending is not None else self._measure_grads()
+        self._buffers.put_scalar("grad_norm", slot, F.total_norm(norm))
+        src = [k for k, i in enumerate(idx) if i in self._col_of]
+        if src:
+            src_t = self._device_index(src)
+            dst_t = self._device_index([self._col_of[idx[k]] for k in src])
+            for name, values in (("grad_norm", norm), ("grad_max", maxabs), ("grad_nonfinite", nonfinite)):
+                self._buffers.put("param", name, slot, values.index_select(0, src_t), cols=dst_t)
+        if self._watched:
+            w = torch._foreach_norm([p.detach() for p in self._watched])
+            self._buffers.put("param", "weight_norm", slot, torch.stack([t.float() for t in w]))
+
+
+def _check_args(model: Any, optimizer: Any, every: int, flush_every: int, update_every: int,
+                include: Any, exclude: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"watch() needs a torch.nn.Module as model, got {type(model).__name__}")
+    opts = optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]
+    for opt in opts:
+        if opt is not None and not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"watch() needs a torch.optim.Optimizer (or None), got {type(opt).__name__}")
+    for name, value in (("every", every), ("flush_every", flush_every), ("update_every", update_every)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"watch({name}={value!r}): must be a positive integer")
+    for name, pats in (("include", include), ("exclude", exclude)):
+        if isinstance(pats, str):
+            raise TypeError(f"watch({name}=...) takes a list of glob patterns, e.g. {name}=[{pats!r}]")
+
+
+def _prepare_dir(log_dir: str | os.PathLike[str] | None, overwrite: bool) -> Path:
+    if log_dir is None:
+        log_dir = Path("runs") / time.strftime("gradscope-%Y%m%d-%H%M%S")
+    path = Path(log_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"log_dir {path} exists and is not a directory: choose another log_dir")
+    if (path / fmt.MANIFEST).exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"log_dir {path} already holds a gradscope run; choose a new log_dir, or pass "
+                "overwrite=True to replace it"
+            )
+        _clear_run(path)
+    return path
+
+
+def _clear_run(path: Path) -> None:
+    import shutil
+
+    for name in (fmt.MANIFEST, fmt.EVENTS):
+        (path / name).unlink(missing_ok=True)
+    for name in (fmt.CHUNK_DIR, fmt.TB_DIR):
+        shutil.rmtree(path / name, ignore_errors=True)
+
+
+def _make_atexit(ref: weakref.ReferenceType[Scope]) -> Any:
+    def close_at_exit() -> None:
+        scope = ref()
+        if scope is not None:
+            scope.close()
+
+    return close_at_exit
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+    *,
+    log_dir: str | os.PathLike[str] | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    every: int = 1,
+    flush_every: int = 100,
+    activations: bool = True,
+    flow: bool = True,
+    update_every: int = 10,
+    overwrite: bool = False,
+) -> Scope:
+    """Watch ``model`` (and ``optimizer``): record gradient and activation health to ``log_dir``.
+
+    ``include``/``exclude`` are glob patterns on parameter and module names; ``every`` records every
+    N-th optimizer step; ``update_every`` samples the update ratio (it needs a weight copy) every N
+    recorded steps; ``flush_every`` steps are copied to the host and written at once.
+    """
+    return Scope(
+        model, optimizer, log_dir=log_dir, include=include, exclude=exclude, every=every,
+        flush_every=flush_every, activations=activations, flow=flow, update_every=update_every,
+        overwrite=overwrite,
+    )

@@ -45,6 +45,7 @@ class Scope:
         flow: bool = True,
         update_every: int = 10,
         overwrite: bool = False,
+        tensorboard: bool | None = False,
     ) -> None:
         _check_args(model, optimizer, every, flush_every, update_every, include, exclude)
         self.log_dir = _prepare_dir(log_dir, overwrite)
@@ -80,7 +81,7 @@ class Scope:
         self._in_flush = False
         self._closed = False
         self._buffers = StepBuffers(flush_every, self._device, {"param": len(self._rows)})
-        self._writer = RunWriter(self.log_dir)
+        self._writer = RunWriter(self.log_dir, _make_sinks(self.log_dir, tensorboard))
         self._config = {
             "include": list(include) if include is not None else None,
             "exclude": list(exclude) if exclude is not None else None,
@@ -385,6 +386,19 @@ class Scope:
             self._buffers.put("param", "weight_norm", slot, torch.stack([t.float() for t in w]))
 
 
+def _make_sinks(log_dir: Path, tensorboard: bool | None) -> list[Any]:
+    """Extra sinks beside the run directory: TensorBoard when asked for (None: when installed)."""
+    from gradscope import _optional
+
+    if tensorboard is None:
+        tensorboard = _optional.available("tensorboard")
+    if not tensorboard:
+        return []
+    from gradscope.sinks.tensorboard import TensorBoardSink
+
+    return [TensorBoardSink(log_dir / fmt.TB_DIR)]
+
+
 def _check_args(model: Any, optimizer: Any, every: int, flush_every: int, update_every: int,
                 include: Any, exclude: Any) -> None:
     if not isinstance(model, nn.Module):
@@ -448,15 +462,17 @@ def watch(
     flow: bool = True,
     update_every: int = 10,
     overwrite: bool = False,
+    tensorboard: bool | None = False,
 ) -> Scope:
     """Watch ``model`` (and ``optimizer``): record gradient and activation health to ``log_dir``.
 
     ``include``/``exclude`` are glob patterns on parameter and module names; ``every`` records every
     N-th optimizer step; ``update_every`` samples the update ratio (it needs a weight copy) every N
-    recorded steps; ``flush_every`` steps are copied to the host and written at once.
+    recorded steps; ``flush_every`` steps are copied to the host and written at once;
+    ``tensorboard`` mirrors the run into ``log_dir/tb`` (None: when tensorboard is installed).
     """
     return Scope(
         model, optimizer, log_dir=log_dir, include=include, exclude=exclude, every=every,
         flush_every=flush_every, activations=activations, flow=flow, update_every=update_every,
-        overwrite=overwrite,
+        overwrite=overwrite, tensorboard=tensorboard,
     )

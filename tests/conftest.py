@@ -1,0 +1,61 @@
+"""Shared fixtures: small models, a no-host-sync guard, deterministic seeds."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import gradscope
+
+PKG_DIR = str(Path(gradscope.__file__).parent)
+
+_SYNC_METHODS = {
+    torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.__bool__,
+    torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__index__,
+}
+
+
+class NoHostSync(TorchFunctionMode):
+    """Fails on any host-syncing tensor call made from gradscope's code outside a flush.
+
+    Calls made by torch or the test itself are allowed; a call is attributed to gradscope when a
+    frame of the gradscope package is on the stack. ``scope._in_flush`` marks the one allowed place.
+    """
+
+    def __init__(self, scope: gradscope.Scope) -> None:
+        super().__init__()
+        self.scope = scope
+        self.violations: list[str] = []
+        self.checked = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _SYNC_METHODS or getattr(func, "__name__", "") in ("item", "tolist", "numpy"):
+            self.checked += 1
+            stack = traceback.extract_stack()
+            ours = [f for f in stack if f.filename.startswith(PKG_DIR)]
+            if ours and not self.scope._in_flush:
+                self.violations.append(f"{func.__name__} from {ours[-1].filename}:{ours[-1].lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def no_host_sync():
+    return NoHostSync
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")

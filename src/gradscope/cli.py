@@ -72,5 +72,33 @@ def demo(out: Path, steps: int, depth: int, seed: int) -> None:
         fail(f"{exc}")
 
 
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--tensorboard", "tb_dir", type=click.Path(path_type=Path), required=True,
+              help="Directory for the event files; each RUN goes to DIR/<run name>.")
+@click.option("--histograms/--no-histograms", default=True, show_default=True,
+              help="Also write the per-step distribution of layer gradient norms.")
+@click.option("--overwrite", is_flag=True, help="Replace event files already in DIR/<run name>.")
+def export(runs: tuple[Path, ...], tb_dir: Path, histograms: bool, overwrite: bool) -> None:
+    """Export recorded RUN directories to TensorBoard event files (view: tensorboard --logdir DIR)."""
+    import warnings
+
+    from gradscope._optional import MissingDependencyError
+    from gradscope.export import export_runs
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            written = export_runs(list(runs), tb_dir, histograms=histograms, overwrite=overwrite)
+    except (RunError, MissingDependencyError) as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write to {tb_dir}: {exc}; choose a writable --tensorboard DIR")
+    console = _console()
+    for path in written:
+        console.print(f"wrote {path}")
+    console.print(f"view with: tensorboard --logdir {tb_dir}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

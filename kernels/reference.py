@@ -1,0 +1,211 @@
+"""Eager torch mirror of the fused clip-norm kernels, and the chunk layout both share.
+
+The algorithm (the kernels in ``clip_norm.py`` run the same steps on the GPU):
+
+1. **Layout** (host, cached): gradients are grouped by dtype; each tensor is cut into chunks of
+   ``chunk`` elements; a chunk table holds (tensor index in its group, element offset). The chunks of
+   one tensor are consecutive in the global chunk numbering, so ``seg_lo[t]:seg_hi[t]`` are its chunks.
+2. **Partials** (read-only pass): per chunk, in fp32, the sum of squares ``Σ x²``, ``max |x|`` (NaN
+   ignored: a NaN shows up as a NaN sum of squares), the non-finite count, and ``Σ |x|^p`` for a
+   general p-norm. No atomics: every chunk writes its own slot, so the result is deterministic.
+3. **Finalize**: per tensor ``‖g_t‖_p`` from its chunks, the global norm ``‖(‖g_t‖_p)_t‖_p``, the
+   clip coefficient ``min(max_norm / (norm + 1e-6), 1)`` (torch's rule; NaN stays NaN), a non-finite
+   flag and ``grad_scale = 1 / coef`` for a fused optimizer step. fp32 throughout, also for bf16 grads.
+4. **Scale**: ``g *= coef``, skipped when ``coef >= 1``.
+
+On CPU this mirror is also gradscope's fast torch path: chunks of ``CPU_CHUNK`` elements stay in the
+L2 cache, so the sum of squares (``torch.dot``) and ``aminmax`` read memory once; a branch on a
+value costs nothing on CPU (there is no device to wait for). On other devices it branches on nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+CPU_CHUNK = 1 << 18  # 1 MiB of fp32: two chunks fit one core's L2, the unit of the CPU fast path
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: coef = max_norm / (total_norm + 1e-6)
+_CACHE_SIZE = 8
+
+
+@dataclass
+class Group:
+    """The tensors of one dtype: local chunk table and where its chunks start globally."""
+
+    dtype: torch.dtype
+    index: list[int]  # positions of this group's tensors in the gradient list
+    numels: Tensor  # int64 [T_g]
+    chunk_tid: Tensor  # int32 [C_g], index into ``index``
+    chunk_off: Tensor  # int64 [C_g], first element of the chunk
+    chunk_base: int  # global number of the group's first chunk
+    n_chunks: int
+
+
+@dataclass
+class Layout:
+    """Chunk layout of a gradient list; depends on shapes, dtypes and device only."""
+
+    chunk: int
+    device: torch.device
+    groups: list[Group]
+    seg_lo: Tensor  # int64 [T], first global chunk of tensor t (original order)
+    seg_hi: Tensor  # int64 [T], one past its last chunk
+    owner: Tensor  # int64 [C], original tensor index of each global chunk
+    n_tensors: int
+    n_chunks: int
+
+
+def layout_key(tensors: Sequence[Tensor], chunk: int) -> tuple:
+    """What a layout depends on: chunk size, device, and (numel, dtype) of every tensor."""
+    dev = tensors[0].device if tensors else None
+    return (chunk, dev, tuple((t.numel(), t.dtype) for t in tensors))
+
+
+def build_layout(tensors: Sequence[Tensor], chunk: int) -> Layout:
+    """Group by dtype and cut every tensor into ``chunk``-element chunks (host work, done once)."""
+    device = tensors[0].device if tensors else torch.device("cpu")
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    groups, seg_lo, seg_hi, owner = [], [0] * len(tensors), [0] * len(tensors), []
+    base = 0
+    for dtype, index in by_dtype.items():
+        tids, offs = [], []
+        for local, i in enumerate(index):
+            n_c = math.ceil(tensors[i].numel() / chunk)
+            seg_lo[i], seg_hi[i] = base + len(tids), base + len(tids) + n_c
+            tids += [local] * n_c
+            offs += range(0, n_c * chunk, chunk)
+            owner += [i] * n_c
+        numels = [tensors[i].numel() for i in index]
+        groups.append(
+            Group(
+                dtype,
+                index,
+                torch.tensor(numels, dtype=torch.int64).to(device),
+                torch.tensor(tids, dtype=torch.int32).to(device),
+                torch.tensor(offs, dtype=torch.int64).to(device),
+                base,
+                len(tids),
+            )
+        )
+        base += len(tids)
+
+    def dev(x: list[int]) -> Tensor:
+        return torch.tensor(x, dtype=torch.int64).to(device)
+
+    return Layout(chunk, device, groups, dev(seg_lo), dev(seg_hi), dev(owner), len(tensors), base)
+
+
+_LAYOUTS: OrderedDict[tuple, Layout] = OrderedDict()
+
+
+def layout_for(tensors: Sequence[Tensor], chunk: int) -> Layout:
+    """The cached layout of ``tensors`` (a small LRU keyed by shapes/dtypes), built on a miss."""
+    key = layout_key(tensors, chunk)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = _LAYOUTS[key] = build_layout(tensors, chunk)
+        if len(_LAYOUTS) > _CACHE_SIZE:
+            _LAYOUTS.popitem(last=False)
+    else:
+        _LAYOUTS.move_to_end(key)
+    return layout
+
+
+def _chunk_partials(v: Tensor, p: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(Σx², max|x|, non-finite count, Σ|x|^p) of one chunk, fp32 0-d tensors."""
+    vf = v if v.dtype == torch.float32 else v.float()
+    sq = torch.dot(vf, vf)
+    lo, hi = torch.aminmax(vf)
+    mx = torch.maximum(-lo, hi)
+    if vf.device.type == "cpu":
+        # CPU only: the branch reads a value without a device sync. Finite Σx² means all finite.
+        nf = vf.new_zeros(()) if math.isfinite(sq) else (~torch.isfinite(vf)).sum().float()
+    else:
+        nf = (~torch.isfinite(vf)).sum().float()
+    pw = sq if p == 2.0 else (vf.abs().pow(p).sum() if math.isfinite(p) else mx)
+    return sq, mx, nf, pw
+
+
+def partials(tensors: Sequence[Tensor], layout: Layout, p: float = 2.0) -> tuple[Tensor, ...]:
+    """Per-chunk (Σx², max|x|, non-finite, Σ|x|^p) as four fp32 [C] vectors: the norm kernel's output."""
+    cols: list[list[Tensor]] = [[], [], [], []]
+    for group in layout.groups:
+        for i in group.index:
+            flat = tensors[i].detach().reshape(-1)
+            for s in range(0, flat.numel(), layout.chunk):
+                for col, val in zip(cols, _chunk_partials(flat[s : s + layout.chunk], p), strict=True):
+                    col.append(val)
+    if not cols[0]:
+        empty = torch.zeros(0, dtype=torch.float32, device=layout.device)
+        return empty, empty, empty, empty
+    return tuple(torch.stack(c) for c in cols)
+
+
+@dataclass
+class Finalized:
+    """Finalize output, all fp32 device tensors: per-tensor [T] vectors and 0-d scalars."""
+
+    norm: Tensor
+    maxabs: Tensor
+    nonfinite: Tensor
+    total: Tensor
+    coef: Tensor
+    found_inf: Tensor
+    grad_scale: Tensor
+
+
+def clip_coef(total: Tensor, max_norm: float | Tensor) -> Tensor:
+    """``min(max_norm / (total + 1e-6), 1)`` as torch computes it: a NaN total gives a NaN coefficient."""
+    return torch.clamp(max_norm / (total + CLIP_EPS), max=1.0)
+
+
+def finalize(parts: Sequence[Tensor], layout: Layout, p: float, max_norm: float) -> Finalized:
+    """Reduce chunk partials to per-tensor and global norms, coefficient and non-finite flag."""
+    sq, mx, nf, pw = parts
+    t, dev, f32 = layout.n_tensors, layout.device, torch.float32
+    per_sq = torch.zeros(t, dtype=f32, device=dev).index_add_(0, layout.owner, sq)
+    per_mx = torch.zeros(t, dtype=f32, device=dev).scatter_reduce_(0, layout.owner, mx, "amax")
+    per_nf = torch.zeros(t, dtype=f32, device=dev).index_add_(0, layout.owner, nf)
+    per_pw = torch.zeros(t, dtype=f32, device=dev).index_add_(0, layout.owner, pw)
+    per_mx = torch.where(per_sq.isnan(), torch.nan, per_mx)  # NaN anywhere in g_t gives NaN max
+    if p == 2.0:
+        norm, total = per_sq.sqrt(), per_sq.sum().sqrt()
+    elif math.isinf(p):
+        norm = per_mx
+        total = per_mx.amax() if t else torch.zeros((), dtype=f32, device=dev)
+    else:
+        norm, total = per_pw.pow(1.0 / p), per_pw.sum().pow(1.0 / p)
+    coef = clip_coef(total, max_norm)
+    found = (~torch.isfinite(total)).to(f32)
+    return Finalized(norm, per_mx, per_nf, total, coef, found, 1.0 / coef)
+
+
+def scale_(tensors: Sequence[Tensor], coef: Tensor) -> None:
+    """``g *= coef`` for every tensor; on CPU skipped when ``coef >= 1`` (NaN still multiplies, as torch)."""
+    if not tensors:
+        return
+    if coef.device.type == "cpu" and bool(coef >= 1.0):  # CPU: no device sync
+        return
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for g in tensors:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for group in by_dtype.values():
+        torch._foreach_mul_(group, coef.to(group[0].device))
+
+
+def clip_norm_(
+    tensors: Sequence[Tensor], max_norm: float, p: float = 2.0, chunk: int = CPU_CHUNK, fold: bool = False
+) -> Finalized:
+    """The whole algorithm: layout, partials, finalize, and the scale pass unless ``fold``."""
+    layout = layout_for(tensors, chunk)
+    out = finalize(partials(tensors, layout, p), layout, float(p), max_norm)
+    if not fold:
+        scale_(tensors, out.coef)
+    return out

@@ -1,0 +1,28 @@
+# Two entry points: `make demo` and `make test`. Both work on a fresh machine with only Python:
+# torch==2.13.0 (CPU) is installed first when no torch is present, so nothing pulls a CUDA build.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+TORCH ?= torch==2.13.0
+
+.PHONY: torch install install-dev demo test bench lint
+
+torch:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
+
+install: torch
+	$(PIP) install -q -e .
+
+install-dev: torch
+	$(PIP) install -q -e ".[dev,hf]" "triton==3.9.0"
+
+demo: install
+	$(PYTHON) -m gradscope.cli demo
+
+test: install-dev
+	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+
+bench: install-dev
+	$(PYTHON) -m pytest benchmarks --benchmark-only -q
+
+lint: install-dev
+	$(PYTHON) -m ruff check src kernels tests benchmarks examples

@@ -1,0 +1,61 @@
+"""The gradscope command: help, demo, and one-line errors with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import gradscope
+from gradscope.cli import main
+
+
+def test_help_lists_commands():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "analyze" in result.output and "demo" in result.output
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "empty", "corrupt"])
+def test_analyze_bad_input_is_one_line_exit_2(tmp_path, make):
+    path = tmp_path / "run"
+    if make == "file":
+        path.write_text("hello")
+    elif make == "empty":
+        path.mkdir()
+    elif make == "corrupt":
+        path.mkdir()
+        (path / "manifest.json").write_text("{]")
+    proc = subprocess.run([sys.executable, "-m", "gradscope.cli", "analyze", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.strip().startswith("error:")
+
+
+def test_demo_writes_two_runs_showing_vanishing_gradients(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--steps", "40"])
+    assert result.exit_code == 0, result.output
+    assert "sigmoid" in result.output and "leaky_relu" in result.output
+    sig = gradscope.load_run(out / "sigmoid")
+    leaky = gradscope.load_run(out / "leaky_relu")
+    assert sig.num_steps == leaky.num_steps == 40
+
+    def first_over_last(run):
+        import numpy as np
+
+        gn = run.metric("param", "grad_norm")
+        cols = [c for c in run.depth_order("param") if run.rows_of("param")[c].name.endswith("weight")]
+        return np.median(gn[:, cols[0]]) / np.median(gn[:, cols[-1]])
+
+    assert first_over_last(sig) < 1e-4 < first_over_last(leaky)
+
+
+def test_demo_into_a_file_is_an_error(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    result = CliRunner().invoke(main, ["demo", "--out", str(f), "--steps", "10"])
+    assert result.exit_code == 2

@@ -1,0 +1,36 @@
+"""Packaging: `import gradscope` stays light, and gradscope.kernels ships inside the wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_is_light():
+    code = ("import sys, gradscope; heavy = [m for m in ('triton', 'transformers', 'tensorboard', "
+            "'matplotlib', 'rich', 'click') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_kernels_importable_from_an_installed_wheel(tmp_path):
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(wheel_dir), str(ROOT)], check=True, timeout=300)
+    (wheel,) = wheel_dir.glob("gradscope-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "gradscope/kernels/__init__.py" in names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                    str(wheel)], check=True, timeout=300)
+    code = "import gradscope, gradscope.kernels; print(gradscope.kernels.__file__)"
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip().startswith(str(target))

@@ -232,7 +232,8 @@ def norm_stats(grads: Sequence[Tensor], max_norm: float, p: float = 2.0, chunk: 
                 DTYPE=_TL_DTYPES[grp.dtype], CHUNK=chunk, BLOCK=min(BLOCK, chunk), GENERAL_P=kind == KIND_P,
             )  # fmt: skip
     out = torch.empty(4 * t + 4, dtype=torch.float32, device=dev)  # the one per-step allocation
-    norm, mx, nf, contrib, scalars = out[:t], out[t : 2 * t], out[2 * t : 3 * t], out[3 * t : 4 * t], out[4 * t :]
+    norm, mx, nf, contrib = out[: 4 * t].view(4, t).unbind(0)
+    scalars = out[4 * t :]
     if t:
         _finalize_tensors_kernel[(t,)](
             parts[0], parts[1], parts[2], parts[3], lay.seg_lo, lay.seg_hi, norm, mx, nf, contrib, float(p),

@@ -1,0 +1,104 @@
+"""Backend choice and the two passes every global-norm strategy needs: measure, then scale.
+
+``measure`` returns per-tensor and global norms, max |g|, non-finite counts, the clip coefficient and
+fold values (``found_inf``, ``grad_scale``), all fp32 device tensors:
+
+* ``triton``: the fused kernels of ``gradscope.kernels.clip_norm`` (CUDA; CPU under TRITON_INTERPRET=1).
+* ``torch`` on CPU: the eager mirror of the kernels (``gradscope.kernels.reference``), cache-blocked.
+* ``torch`` elsewhere: ``functional.grad_stats`` (grouped ``_foreach_norm``), no branch on a value.
+
+``auto`` takes ``triton`` when every grad is a contiguous fp32/bf16/fp16 CUDA tensor on one device,
+the norm type is > 0 and triton is importable; otherwise ``torch``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from gradscope import functional
+from gradscope._optional import available
+from gradscope.kernels import reference
+from gradscope.kernels.reference import Finalized
+
+BACKENDS = ("auto", "triton", "torch")
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _kernel_fits(grads: Sequence[Tensor], norm_type: float) -> bool:
+    return (
+        norm_type > 0
+        and len({g.device for g in grads}) == 1
+        and all(g.dtype in _KERNEL_DTYPES and g.is_contiguous() for g in grads)
+    )
+
+
+def resolve(backend: str, grads: Sequence[Tensor], norm_type: float = 2.0) -> str:
+    """'triton' or 'torch' for these grads; raises for an unknown name or an impossible 'triton'."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if backend == "torch" or not grads:
+        return "torch"
+    on_cuda = all(g.is_cuda for g in grads)
+    if backend == "auto":
+        return "triton" if on_cuda and _kernel_fits(grads, norm_type) and available("triton") else "torch"
+    if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"backend='triton' needs CUDA gradients, got {grads[0].device.type} ones; use backend='auto' "
+            "or 'torch', or set TRITON_INTERPRET=1 before importing triton to run the kernels on CPU"
+        )
+    return "triton"
+
+
+def _kernels():
+    from gradscope._optional import require
+
+    require("triton", "the fused clip kernel")
+    from gradscope.kernels import clip_norm
+
+    return clip_norm
+
+
+def _generic(grads: Sequence[Tensor], max_norm: float | Tensor, p: float) -> Finalized:
+    """Any device, any norm type: grouped foreach norms via ``functional.grad_stats``."""
+    norm2, maxabs, nonfinite = functional.grad_stats(grads)
+    if p == 2.0:
+        norms = norm2
+    elif math.isinf(p) and p > 0:
+        norms = maxabs
+    else:
+        dev = norm2.device
+        norms = torch.stack([torch.linalg.vector_norm(g, p, dtype=torch.float32).to(dev) for g in grads])
+    total = functional.total_norm(norms, p)
+    coef = reference.clip_coef(total, max_norm)
+    found = (~torch.isfinite(total)).float()
+    return Finalized(norms, maxabs, nonfinite, total, coef, found, 1.0 / coef)
+
+
+def measure(grads: Sequence[Tensor], max_norm: float | Tensor, p: float, backend: str) -> Finalized:
+    """Read-only pass over ``grads`` (non-empty): norms, stats, coefficient; ``backend`` resolved."""
+    p = float(p)
+    if backend == "triton":
+        kernel_max = float(max_norm) if not isinstance(max_norm, Tensor) else math.inf
+        out = _kernels().norm_stats(grads, kernel_max, p)
+        if isinstance(max_norm, Tensor):  # a device threshold (adaptive clippers): coef in torch
+            out.coef = reference.clip_coef(out.total, max_norm)
+            out.grad_scale = 1.0 / out.coef
+        return out
+    cpu = all(g.device.type == "cpu" for g in grads)
+    if cpu and p > 0 and all(g.dtype.is_floating_point for g in grads):
+        layout = reference.layout_for(grads, reference.CPU_CHUNK)
+        return reference.finalize(reference.partials(grads, layout, p), layout, p, max_norm)
+    return _generic(grads, max_norm, p)
+
+
+def scale_(grads: Sequence[Tensor], coef: Tensor, backend: str) -> None:
+    """``g *= coef`` (0-d fp32 device tensor); skipped when ``coef >= 1`` without reading it on CUDA."""
+    if backend == "triton":
+        _kernels().scale_(grads, coef.to(torch.float32).contiguous())
+    else:
+        reference.scale_(grads, coef)

@@ -1,0 +1,115 @@
+"""GradScopeCallback: gradscope for a ``transformers.Trainer``.
+
+    trainer = Trainer(model, args, train_dataset=ds, callbacks=[GradScopeCallback()])
+    trainer.train()            # the run lands in <output_dir>/gradscope; then: gradscope analyze it
+
+At ``on_train_begin`` the Trainer has built its optimizer; the callback watches the model and the
+torch optimizer inside accelerate's wrapper. The Scope measures the gradients when each backward
+ends, so under gradient accumulation it records the accumulated gradients once per optimizer step,
+before the Trainer clips them to ``max_grad_norm``: ``run.scalars["grad_norm"]`` is the same number
+as the Trainer's logged ``grad_norm``. The loss (mean of the micro-batches' ``outputs.loss``) is
+logged on the device, without a host sync. Only the main process (world rank 0) records.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gradscope._optional import require
+
+require("transformers", "gradscope.integrations.hf")
+
+from transformers import TrainerCallback  # noqa: E402
+
+from gradscope.run import format as fmt  # noqa: E402
+from gradscope.scope import Scope, watch  # noqa: E402
+
+
+def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
+    """The torch optimizer a Trainer steps (accelerate wraps it; the wrapper's step calls the inner one)."""
+    seen = 0
+    while optimizer is not None and seen < 8:
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            break
+        optimizer, seen = inner, seen + 1
+    return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+
+
+def free_run_dir(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... when a run is already there (a second train())."""
+    candidate, k = path, 1
+    while (candidate / fmt.MANIFEST).exists():
+        k += 1
+        candidate = path.with_name(f"{path.name}-{k}")
+    return candidate
+
+
+class GradScopeCallback(TrainerCallback):
+    """Records gradient and activation health of a Trainer run; keyword arguments go to ``watch``.
+
+    ``log_dir`` defaults to ``<output_dir>/gradscope`` (``-2``, ``-3``, ... if that already holds a
+    run, unless ``overwrite=True``). After training, ``callback.log_dir`` is where the run is.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str] | None = None, *, log_loss: bool = True,
+                 overwrite: bool = False, tensorboard: bool | None = None, **watch_kwargs: Any) -> None:
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.log_loss, self.overwrite, self.tensorboard = log_loss, overwrite, tensorboard
+        self.watch_kwargs = watch_kwargs
+        self.scope: Scope | None = None
+        self._hook: Any = None
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_n = 0
+
+    # -- Trainer events ---------------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       **kwargs: Any) -> None:
+        if not state.is_world_process_zero or model is None:
+            return
+        self._close()
+        opt = torch_optimizer(optimizer)
+        if opt is None:
+            raise TypeError(f"GradScopeCallback needs the Trainer's torch optimizer, got {type(optimizer)}; "
+                            "pass optimizers=(...) a torch.optim.Optimizer")
+        base = self.log_dir or Path(args.output_dir) / "gradscope"
+        self.log_dir = base if self.overwrite else free_run_dir(base)
+        self.scope = watch(model, opt, log_dir=self.log_dir, overwrite=self.overwrite,
+                           tensorboard=self.tensorboard, **self.watch_kwargs)
+        self.scope.event("trainer", gradient_accumulation_steps=args.gradient_accumulation_steps,
+                         max_grad_norm=args.max_grad_norm, learning_rate=args.learning_rate,
+                         per_device_train_batch_size=args.per_device_train_batch_size,
+                         global_step=state.global_step)
+        if self.log_loss:
+            self._hook = model.register_forward_hook(self._on_model_output)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.scope is not None and self._loss_sum is not None:
+            self.scope.log(loss=self._loss_sum / self._loss_n)  # a device tensor: no sync
+        self._loss_sum, self._loss_n = None, 0
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._close()
+
+    # -- internals --------------------------------------------------------------------------------
+    def _on_model_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if not module.training or not torch.is_grad_enabled():
+            return
+        loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            loss = loss.detach().float().reshape(())
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_n += 1
+
+    def _close(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self.scope is not None:
+            self.scope.close()
+            self.scope = None
+        self._loss_sum, self._loss_n = None, 0

@@ -1,0 +1,122 @@
+"""GradScopeCallback with a real transformers.Trainer on CPU: a tiny random-init BERT.
+
+The Trainer's own logged ``grad_norm`` (the pre-clip total norm returned by clip_grad_norm_) is the
+reference: gradscope's recorded global norm must equal it at every optimizer step, with gradient
+accumulation and clipping on. The Trainer's TensorBoard log of the same run checks tbread.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")  # the hf extra; installed in dev environments
+
+import gradscope  # noqa: E402
+from gradscope.integrations.hf import GradScopeCallback, torch_optimizer  # noqa: E402
+
+STEPS, ACCUM, BATCH = 6, 2, 4
+
+
+class RandomTokens(torch.utils.data.Dataset):
+    def __init__(self, n: int, vocab: int, length: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(5, vocab, (n, length), generator=g)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]),
+                "labels": self.labels[i]}
+
+
+class LogCapture(transformers.TrainerCallback):
+    def __init__(self) -> None:
+        self.grad_norm: dict[int, float] = {}
+        self.optimizer_types: list[str] = []
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.optimizer_types.append(type(optimizer).__name__)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "grad_norm" in logs:
+            self.grad_norm[state.global_step] = float(logs["grad_norm"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    model = BertForSequenceClassification(config)
+    out = tmp_path_factory.mktemp("hf") / "out"
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=BATCH, gradient_accumulation_steps=ACCUM,
+        max_grad_norm=1.0, learning_rate=5e-3, max_steps=STEPS, logging_steps=1, report_to="none",
+        save_strategy="no", use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+    )
+    capture, callback = LogCapture(), GradScopeCallback(tensorboard=False)
+    trainer = Trainer(model=model, args=args, train_dataset=RandomTokens(64, 100, 12),
+                      callbacks=[callback, capture, TensorBoardCallback()])
+    trainer.train()
+    return out, callback, capture, model
+
+
+def test_global_norm_equals_trainer_grad_norm(trained):
+    out, callback, capture, _ = trained
+    assert callback.log_dir == out / "gradscope"
+    run = gradscope.load_run(callback.log_dir)
+    assert run.num_steps == STEPS  # once per optimizer step, not per micro-batch
+    ours = run.scalars["grad_norm"].astype(np.float64)
+    theirs = np.array([capture.grad_norm[s + 1] for s in run.steps.tolist()])  # Trainer counts from 1
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    assert theirs.max() > 1.0, "clipping never engaged: the test would not tell pre-clip from post-clip"
+    assert capture.optimizer_types[0] == "AcceleratedOptimizer"  # the wrapper; gradscope unwraps it
+
+
+def test_rows_loss_and_clean_detach(trained):
+    out, callback, _, model = trained
+    run = gradscope.load_run(callback.log_dir)
+    names = [r.name for r in run.rows_of("param")]
+    assert "bert.encoder.layer.1.output.dense.weight" in names
+    assert np.isfinite(run.metric("param", "grad_norm")).any(axis=0).sum() > 0.9 * len(names)
+    assert run.rows_of("act") and np.isfinite(run.metric("act", "std")).all(axis=0).any()
+    assert np.isfinite(run.scalars["loss"]).all() and np.isfinite(run.scalars["lr"]).all()
+    assert any(e["kind"] == "trainer" and e["gradient_accumulation_steps"] == ACCUM for e in run.events)
+    assert callback.scope is None and callback._hook is None
+    assert not model._forward_hooks  # every hook the callback and the Scope added is gone
+
+
+def test_tbread_reads_the_trainer_tensorboard_log(trained):
+    pytest.importorskip("tensorboard")
+    from gradscope.tbread import load_tensorboard
+
+    out, _, capture, _ = trained
+    tb = load_tensorboard(out / "runs")
+    assert tb.rows == [] and "grad_norm" in tb.scalars and "loss" in tb.scalars and "lr" in tb.scalars
+    assert tb.manifest["config"]["tags"]["grad_norm"] == "train/grad_norm"
+    logged = np.isfinite(tb.scalars["grad_norm"])
+    steps = tb.steps[logged]
+    assert steps.tolist() == sorted(capture.grad_norm)
+    expect = np.array([capture.grad_norm[s] for s in steps.tolist()], dtype=np.float32)
+    np.testing.assert_allclose(tb.scalars["grad_norm"][logged], expect, rtol=1e-6)
+
+
+def test_torch_optimizer_unwraps_and_rejects():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.randn(2))], lr=0.1)
+
+    class Wrapper:
+        optimizer = opt
+
+    assert torch_optimizer(Wrapper()) is opt and torch_optimizer(opt) is opt
+    assert torch_optimizer(object()) is None and torch_optimizer(None) is None

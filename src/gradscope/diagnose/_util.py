@@ -1,0 +1,125 @@
+"""Shared numpy helpers for detectors: NaN-aware medians, weight/flow profiles by depth, stretches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradscope.run.reader import Run
+
+# Module types whose weight gradients are sparse by nature (only looked-up rows get a gradient), so
+# their norm says nothing about gradient flow with depth.
+SPARSE_TYPES = frozenset({"Embedding", "EmbeddingBag"})
+
+
+def nanmedian(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Median along ``axis`` ignoring NaN (NaN where a slice is all NaN); one sort, no warnings.
+
+    np.nanmedian falls back to a Python loop on large inputs; sorting puts NaN last, so the median
+    sits at index (n - 1) // 2 and n // 2 of the n finite-or-inf values.
+    """
+    s = np.sort(a, axis=axis)
+    n = np.sum(~np.isnan(s), axis=axis, keepdims=True)
+    lo = np.clip((n - 1) // 2, 0, None)
+    hi = np.clip(n // 2, 0, None)
+    if s.shape[axis] == 0:
+        return np.full(np.delete(s.shape, axis), np.nan, dtype=np.float64)
+    med = (np.take_along_axis(s, lo, axis) + np.take_along_axis(s, hi, axis)) / 2.0
+    med = np.where(n > 0, med, np.nan)
+    return np.squeeze(med, axis=axis)
+
+
+def stretch(steps: np.ndarray, mask: np.ndarray) -> tuple[int, int] | None:
+    """[first, last] step where ``mask`` holds, or None."""
+    idx = np.flatnonzero(mask)
+    return (int(steps[idx[0]]), int(steps[idx[-1]])) if idx.size else None
+
+
+def longest_run(mask: np.ndarray) -> tuple[int, int]:
+    """(start index, length) of the longest run of True in a 1-D mask; (0, 0) when none."""
+    if not mask.any():
+        return 0, 0
+    m = np.concatenate([[False], mask.astype(bool), [False]])
+    edges = np.flatnonzero(m[1:] != m[:-1])
+    starts, ends = edges[::2], edges[1::2]
+    k = int(np.argmax(ends - starts))
+    return int(starts[k]), int(ends[k] - starts[k])
+
+
+def block_reduce(a: np.ndarray, block: int, fn: str = "median") -> np.ndarray:
+    """Reduce consecutive blocks of ``block`` rows (the last one padded with NaN) by median or max."""
+    t = a.shape[0]
+    nb = -(-t // block) if t else 0
+    pad = nb * block - t
+    if pad:
+        a = np.concatenate([a, np.full((pad, *a.shape[1:]), np.nan, dtype=a.dtype)])
+    b = a.reshape(nb, block, *a.shape[1:])
+    if fn == "max":
+        with np.errstate(invalid="ignore"):
+            finite = np.where(np.isnan(b), -np.inf, b)
+            out = finite.max(axis=1) if nb else finite.sum(axis=1)
+        return np.where(np.isneginf(out), np.nan, out)
+    return nanmedian(b, axis=1)
+
+
+@dataclass
+class Profile:
+    """Per-step values of layers ordered by depth: ``values`` [steps x layers], ``names`` per layer."""
+
+    names: list[str]
+    values: np.ndarray
+
+
+def used_param_cols(run: Run) -> list[int]:
+    """Trainable param columns that received a non-zero gradient at least once."""
+    gn = run.metric("param", "grad_norm")
+    rows = run.rows_of("param")
+    with np.errstate(invalid="ignore"):
+        got = np.any(gn > 0, axis=0) if gn.shape[0] else np.zeros(gn.shape[1], bool)
+    return [c for c in range(len(rows)) if rows[c].trainable and got[c]]
+
+
+def weight_profile(run: Run) -> Profile:
+    """RMS gradient (norm / sqrt(numel)) of each used trainable weight (>= 2-D, dense) by depth.
+
+    RMS, not the norm: a 2-input first layer has far fewer elements than a hidden layer, and the
+    norm would read that as vanishing.
+    """
+    rows = run.rows_of("param")
+    used = set(used_param_cols(run))
+    cols = [
+        c for c in run.depth_order("param")
+        if c in used and len(rows[c].shape) >= 2 and rows[c].module_type not in SPARSE_TYPES
+        and rows[c].depth is not None
+    ]
+    gn = run.metric("param", "grad_norm")
+    numel = np.array([max(1, int(np.prod(rows[c].shape))) for c in cols], dtype=np.float64)
+    vals = gn[:, cols].astype(np.float64) / np.sqrt(numel) if cols else np.zeros((gn.shape[0], 0))
+    return Profile([rows[c].name for c in cols], vals)
+
+
+def flow_profile(run: Run) -> Profile:
+    """Norm of the gradient into each module's output, by depth (modules that ran and got one)."""
+    rows = run.rows_of("flow")
+    fl = run.metric("flow", "norm")
+    with np.errstate(invalid="ignore"):
+        got = np.any(fl > 0, axis=0) if fl.shape[0] else np.zeros(fl.shape[1], bool)
+    cols = [c for c in run.depth_order("flow") if got[c] and rows[c].depth is not None]
+    return Profile([rows[c].name for c in cols], fl[:, cols].astype(np.float64))
+
+
+def first_last_ratio(p: Profile) -> np.ndarray:
+    """Per step: value of the first layer over the last one (NaN where either is missing or 0/inf)."""
+    if len(p.names) < 2:
+        return np.full(p.values.shape[0], np.nan)
+    first, last = p.values[:, 0], p.values[:, -1]
+    ok = np.isfinite(first) & np.isfinite(last) & (last > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ok, first / np.where(ok, last, 1.0), np.nan)
+
+
+def log10_safe(a: np.ndarray) -> np.ndarray:
+    """log10 of positive finite values, NaN elsewhere."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isfinite(a) & (a > 0), np.log10(np.where(a > 0, a, 1.0)), np.nan)

@@ -1,0 +1,66 @@
+"""dead_units: ReLU-family layers whose units give no positive output over whole steps ("dying ReLU",
+Lu et al. 2019, "Dying ReLU and Initialization: Theory and Numerical Examples").
+
+dead_frac is recorded per step: the fraction of a layer's units (features, or channels for conv
+outputs) that were <= 0 for every sample of the step. A dead unit gets no gradient, so it stays dead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradscope.diagnose._util import longest_run, stretch
+from gradscope.diagnose.findings import Finding, Severity
+from gradscope.run.reader import Run
+
+NAME = "dead_units"
+# Half of a layer's units dead: healthy He-initialised ReLU nets keep dead units to a few percent
+# (Lu et al. 2019 report collapse only past deep/narrow configurations); half is well outside that.
+FRAC = 0.5
+# Nine in ten dead: the layer is effectively gone.
+ERROR_FRAC = 0.9
+# The fraction must hold on at least this share of the recorded steps ...
+PERSIST = 0.5
+# ... and for a run of consecutive steps at least this long (or the whole run when shorter).
+MIN_STEPS = 10
+DEFAULTS: dict[str, float] = {
+    "frac": FRAC, "error_frac": ERROR_FRAC, "persist": PERSIST, "min_steps": MIN_STEPS,
+}
+
+
+def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
+    dead = run.metric("act", "dead_frac")
+    rows = run.rows_of("act")
+    nonfinite = np.nan_to_num(run.metric("act", "nonfinite"), nan=0.0)
+    findings = []
+    for c in run.depth_order("act"):
+        col = dead[:, c]
+        valid = ~np.isnan(col) & ~(nonfinite[:, c] > 0)  # NaN outputs say nothing about units
+        n = int(valid.sum())
+        if n == 0:
+            continue
+        with np.errstate(invalid="ignore"):
+            hit = valid & (col >= cfg["frac"])
+        frac = hit.sum() / n
+        _, longest = longest_run(hit[valid])
+        if frac < cfg["persist"] or longest < min(int(cfg["min_steps"]), n):
+            continue
+        med = float(np.median(col[hit]))
+        sev = Severity.ERROR if med >= cfg["error_frac"] else Severity.WARNING
+        r = rows[c]
+        ev = {"dead_frac_median": med, "dead_frac_max": float(np.max(col[valid])),
+              "frac_steps": float(frac), "longest_stretch": int(longest),
+              "zero_frac_median": _median(run.metric("act", "zero_frac")[:, c])}
+        msg = (f"{med:.0%} of the units of {r.name} ({r.module_type}) are dead (no positive output "
+               f"over a whole step) on {frac:.0%} of steps; they get no gradient and do not recover.")
+        remedy = ("Use LeakyReLU/ELU/GELU so that negative inputs still pass a gradient; lower the "
+                  "learning rate (large updates push units into the dead region); initialise biases "
+                  "at 0 or slightly positive (e.g. 0.01) and weights with He init; normalise the "
+                  f"input of {r.name} (BatchNorm/LayerNorm) so pre-activations stay centred.")
+        findings.append(Finding("dead_units", sev, [r.name], stretch(run.steps, hit), ev, msg, remedy))
+    return findings
+
+
+def _median(col: np.ndarray) -> float | None:
+    col = col[~np.isnan(col)]
+    return float(np.median(col)) if col.size else None

@@ -1,0 +1,52 @@
+"""frozen_parameters (info): which parameters are frozen (requires_grad False), grouped by module
+prefix. Fine-tuning with a frozen backbone is legitimate, so this is never a warning; it is here so
+that an accidental freeze is visible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradscope.diagnose.findings import Finding, Severity
+from gradscope.run.reader import Run
+
+NAME = "frozen"
+DEFAULTS: dict[str, float] = {"enabled": 1}
+
+
+def groups(names: list[str], all_names: list[str]) -> list[str]:
+    """Collapse frozen names into the shortest module prefixes whose parameters are all frozen."""
+    frozen = set(names)
+    out: list[str] = []
+    for n in names:
+        parts = n.split(".")
+        best = n
+        for k in range(1, len(parts)):
+            prefix = ".".join(parts[:k]) + "."
+            if all(m in frozen for m in all_names if m.startswith(prefix)):
+                best = prefix + "*"
+                break
+        if best not in out:
+            out.append(best)
+    return out
+
+
+def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
+    if not cfg["enabled"]:
+        return []
+    rows = run.rows_of("param")
+    frozen = [r for r in rows if not r.trainable]
+    if not frozen:
+        return []
+    names = [r.name for r in frozen]
+    grp = groups(names, [r.name for r in rows])
+    n_frozen = sum(int(np.prod(r.shape)) for r in frozen)
+    n_all = sum(int(np.prod(r.shape)) for r in rows)
+    ev = {"frozen_params": len(frozen), "trainable_params": len(rows) - len(frozen),
+          "frozen_elements": n_frozen, "frozen_fraction": n_frozen / n_all if n_all else 0.0}
+    msg = (f"{len(frozen)} parameter(s) are frozen ({n_frozen:,} of {n_all:,} elements): "
+           + ", ".join(grp[:8]) + (f" and {len(grp) - 8} more groups" if len(grp) > 8 else "") + ".")
+    remedy = ("Nothing to do if you meant to freeze them (fine-tuning with a frozen backbone). If not, "
+              "set requires_grad_(True) on them and add them to the optimizer.")
+    steps = (int(run.steps[0]), int(run.steps[-1])) if run.num_steps else None
+    return [Finding("frozen_parameters", Severity.INFO, grp, steps, ev, msg, remedy)]

@@ -1,0 +1,106 @@
+"""vanishing_gradient: gradients shrink with depth by orders of magnitude (Hochreiter 1991;
+Glorot & Bengio 2010, "Understanding the difficulty of training deep feedforward neural networks").
+
+Two depth profiles are compared first layer against last, step by step: the RMS gradient of each dense
+weight (norm / sqrt(numel), so layer shapes do not masquerade as decay) and the norm of the gradient
+flowing into each module's output. Flagged when the ratio stays below ``ratio`` on at least ``persist``
+of the recorded steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gradscope.diagnose._util import Profile, first_last_ratio, flow_profile, stretch, weight_profile
+from gradscope.diagnose.findings import Finding, Severity
+from gradscope.run.reader import Run
+
+NAME = "vanishing"
+# First layer's gradient 1000x below the last one's. Well-initialised nets (He/Xavier) keep layers
+# within one or two orders of magnitude (Glorot & Bengio 2010, fig. 7), so three orders is past the
+# spread that layer shapes and depth alone produce.
+RATIO = 1e-3
+# Five orders of magnitude: with any usual learning rate the first layers then barely move at all.
+ERROR_RATIO = 1e-5
+# The ratio must hold on half of the recorded steps: a stretch of training, not a few odd batches.
+PERSIST = 0.5
+# "With depth" needs at least three layers to mean anything.
+MIN_LAYERS = 3
+DEFAULTS: dict[str, float] = {
+    "ratio": RATIO, "error_ratio": ERROR_RATIO, "persist": PERSIST, "min_layers": MIN_LAYERS,
+}
+
+BOUNDED = ("Sigmoid", "Tanh", "Hardsigmoid", "Hardtanh", "Softsign")
+
+
+def depth_trend(prof: Profile, low: float | None, high: float | None,
+                persist: float) -> dict[str, Any] | None:
+    """Evidence when first/last stays below ``low`` (or above ``high``) on ``persist`` of the steps."""
+    r = first_last_ratio(prof)
+    valid = ~np.isnan(r)
+    n = int(valid.sum())
+    if n == 0:
+        return None
+    hit = valid & ((r < low) if low is not None else (r > high))
+    frac = float(hit.sum()) / n
+    med = float(np.median(r[valid]))
+    beyond = med < low if low is not None else med > high
+    if frac < persist or not beyond:
+        return None
+    layers = len(prof.names)
+    return {"ratio": med, "decay_per_layer": med ** (1.0 / (layers - 1)) if med > 0 else 0.0,
+            "frac_steps": frac, "hit": hit, "layers_measured": layers}
+
+
+def _affected(prof: Profile, factor: float) -> list[str]:
+    """Layers whose median value is below ``factor`` times the last layer's (the ones starved)."""
+    with np.errstate(invalid="ignore"):
+        med = np.array([np.nanmedian(c) if np.any(~np.isnan(c)) else np.nan for c in prof.values.T])
+    last = med[-1]
+    return [n for n, m in zip(prof.names[:-1], med[:-1], strict=True) if m < factor * last]
+
+
+def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
+    w, f = weight_profile(run), flow_profile(run)
+    min_layers = max(2, int(cfg["min_layers"]))
+    found = {}
+    for label, prof in (("weight", w), ("flow", f)):
+        if len(prof.names) >= min_layers:
+            ev = depth_trend(prof, cfg["ratio"], None, cfg["persist"])
+            if ev is not None:
+                found[label] = (prof, ev)
+    if not found:
+        return []
+    label = "weight" if "weight" in found else "flow"
+    prof, ev = found[label]
+    ratio = min(e["ratio"] for _, e in found.values())
+    evidence: dict[str, Any] = {
+        "ratio_first_last": found["weight"][1]["ratio"] if "weight" in found else None,
+        "flow_ratio_first_last": found["flow"][1]["ratio"] if "flow" in found else None,
+        "decay_per_layer": ev["decay_per_layer"],
+        "frac_steps": ev["frac_steps"],
+        "layers_measured": ev["layers_measured"],
+    }
+    sev = Severity.ERROR if ratio < cfg["error_ratio"] else Severity.WARNING
+    layers = _affected(prof, cfg["ratio"] ** 0.5) or [prof.names[0]]
+    what = "weight-gradient RMS" if label == "weight" else "gradient flowing into the module outputs"
+    msg = (f"Gradients vanish with depth: the first layer's {what} is {ratio:.1e} times the last "
+           f"layer's (x{ev['decay_per_layer']:.2f} per layer over {ev['layers_measured']} layers) on "
+           f"{ev['frac_steps']:.0%} of steps; {prof.names[0]} hardly trains.")
+    return [Finding("vanishing_gradient", sev, layers, stretch(run.steps, ev["hit"]), evidence, msg,
+                    _remedy(run))]
+
+
+def _remedy(run: Run) -> str:
+    types = sorted({r.module_type for r in run.rows_of("act") if r.module_type in BOUNDED})
+    if types:
+        return (f"The net uses {'/'.join(types)}, whose derivative is at most 0.25 (sigmoid) or 1 "
+                "(tanh) and near 0 when saturated, so each layer multiplies the gradient down. "
+                "Use a ReLU-family activation (LeakyReLU, ELU, GELU), add normalisation "
+                "(BatchNorm/LayerNorm) or residual connections, and initialise with Xavier (tanh) or "
+                "He (ReLU) init.")
+    return ("Add residual connections or normalisation (BatchNorm/LayerNorm) between layers, use "
+            "He init for ReLU-family layers (Xavier for tanh), and check that no layer scales its "
+            "output down (tiny init, heavy dropout).")

@@ -1,13 +1,18 @@
-"""Renderings of a run for people: the depth-ordered layer table (rich), plus text/markdown/json."""
+"""Renderings of a run and its findings: the depth-ordered layer table, and text (rich), markdown and
+JSON reports (the JSON follows the findings contract, schema 1: see ``report_json``)."""
 
 from __future__ import annotations
 
+import json
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gradscope.run.reader import Run
+
+if TYPE_CHECKING:
+    from gradscope.diagnose.findings import Finding
 
 
 def _finite_or_nan(fn: Any, a: np.ndarray) -> float:
@@ -58,3 +63,126 @@ def layer_table(run: Run, title: str | None = None) -> Any:
                       _fmt(r["first"]), _fmt(r["last"]), _fmt(r["median"]),
                       str(r["nonfinite"]) if r["nonfinite"] else "0")
     return table
+
+
+# -- findings reports -----------------------------------------------------------------------------
+_ORDER = ("error", "warning", "info")
+_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def counts(findings: list[Finding]) -> dict[str, int]:
+    out = dict.fromkeys(_ORDER, 0)
+    for f in findings:
+        out[f.severity.value] += 1
+    return out
+
+
+def verdict(findings: list[Finding]) -> str:
+    """One line: ``healthy``, or ``2 errors, 1 warning`` (infos are listed but never unhealthy)."""
+    c = counts(findings)
+    parts = [f"{c[s]} {s}{'' if c[s] == 1 else 's'}" for s in ("error", "warning") if c[s]]
+    if not parts:
+        return "healthy" + (f" ({c['info']} info)" if c["info"] else "")
+    return ", ".join(parts) + (f", {c['info']} info" if c["info"] else "")
+
+
+def report_json(run: Run, findings: list[Finding]) -> dict[str, Any]:
+    """The findings contract (schema 1): {"schema", "run", "summary": {"steps", "rows"}, "findings"}."""
+    from gradscope.diagnose.findings import FINDINGS_SCHEMA
+
+    first = int(run.steps[0]) if run.num_steps else None
+    last = int(run.steps[-1]) if run.num_steps else None
+    return {
+        "schema": FINDINGS_SCHEMA,
+        "run": str(run.path),
+        "summary": {"steps": run.num_steps, "rows": len(run.rows), "first_step": first, "last_step": last,
+                    "verdict": verdict(findings), **counts(findings)},
+        "findings": [f.to_json() for f in findings],
+    }
+
+
+def dumps(payload: Any) -> str:
+    """Strict JSON (NaN/Inf were mapped to null by Finding.to_json; allow_nan=False proves it)."""
+    return json.dumps(payload, indent=2, allow_nan=False)
+
+
+def _steps_txt(f: Finding) -> str:
+    if f.steps is None:
+        return "-"
+    a, b = f.steps
+    return f"step {a}" if a == b else f"steps {a}-{b}"
+
+
+def _layers_txt(f: Finding, limit: int = 6) -> str:
+    shown = ", ".join(f.layers[:limit])
+    return shown + (f" (+{len(f.layers) - limit} more)" if len(f.layers) > limit else "")
+
+
+def render_text(run: Run, findings: list[Finding], console: Any, table: bool = True) -> None:
+    """Verdict line, findings grouped by severity, then the depth-ordered layer table."""
+    from rich.markup import escape
+
+    c = counts(findings)
+    style = "bold red" if c["error"] else "yellow" if c["warning"] else "bold green"
+    console.print(f"[{style}]{escape(verdict(findings))}[/]  {escape(str(run.path))}: "
+                  f"{run.num_steps} steps, {len(run.rows)} rows")
+    for sev in _ORDER:
+        group = [f for f in findings if f.severity.value == sev]
+        if not group:
+            continue
+        console.print(f"\n[{_STYLE[sev]}]{sev.upper()}S ({len(group)})[/]")
+        for f in group:
+            console.print(f"[{_STYLE[sev]}]●[/] [bold]{f.kind}[/] ({_steps_txt(f)})"
+                          + (f" [dim]{escape(_layers_txt(f))}[/]" if f.layers else ""), soft_wrap=True)
+            console.print(f"  {escape(f.message)}", soft_wrap=True)
+            if f.origin:
+                console.print(f"  origin: {escape(json.dumps(f.to_json()['origin']))}", soft_wrap=True)
+            console.print(f"  [green]fix:[/] {escape(f.remedy)}", soft_wrap=True)
+    if table:
+        console.print()
+        console.print(layer_table(run))
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(run: Run, findings: list[Finding], table: bool = True) -> str:
+    """The report as GitHub markdown: verdict, findings by severity, layer table."""
+    lines = [f"# gradscope report: `{run.path}`", "",
+             f"**Verdict: {verdict(findings)}** ({run.num_steps} steps, {len(run.rows)} rows)", ""]
+    for sev in _ORDER:
+        group = [f for f in findings if f.severity.value == sev]
+        if not group:
+            continue
+        lines += [f"## {sev.capitalize()}s ({len(group)})", ""]
+        for f in group:
+            lines.append(f"### `{f.kind}` ({_steps_txt(f)})")
+            lines.append("")
+            if f.layers:
+                lines.append(f"Layers: {', '.join(f'`{n}`' for n in f.layers[:12])}"
+                             + (f" and {len(f.layers) - 12} more" if len(f.layers) > 12 else ""))
+                lines.append("")
+            lines += [f.message, "", f"**Fix:** {f.remedy}", ""]
+            if f.origin:
+                lines += [f"Origin: `{json.dumps(f.to_json()['origin'])}`", ""]
+            ev = f.to_json()["evidence"]
+            lines.append("Evidence: " + ", ".join(f"{k} = {_num(v)}" for k, v in ev.items()))
+            lines.append("")
+    if table:
+        lines += ["## Gradient norm by depth", "",
+                  "| depth | parameter | type | first | last | median | non-finite |",
+                  "| ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+        for r in layer_summary(run):
+            name = r["name"] + ("" if r["trainable"] else " (frozen)")
+            depth = "-" if r["depth"] is None else r["depth"]
+            lines.append(f"| {depth} | `{_md(name)}` | {r['module_type']} | {_fmt(r['first'])} "
+                         f"| {_fmt(r['last'])} | {_fmt(r['median'])} | {r['nonfinite']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "-" if v is None else str(v)

@@ -33,26 +33,110 @@ def main() -> None:
     """
 
 
-@main.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-def analyze(runs: tuple[Path, ...]) -> None:
-    """Summarise recorded RUN directories: gradient norms by depth and non-finite counts."""
+def _load_runs(paths: tuple[Path, ...]) -> list:  # noqa: ANN202 (Run, imported lazily)
+    """Load every run or exit 2 naming the bad one; reader warnings (torn chunks...) go to stderr."""
     import warnings
 
-    from gradscope.report import layer_table
     from gradscope.run.reader import load_run
 
-    console = _console()
-    for path in runs:
+    runs = []
+    for path in paths:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                run = load_run(path)
+                runs.append(load_run(path))
         except RunError as exc:
             fail(str(exc))
+        except OSError as exc:
+            fail(f"{path}: cannot be read ({exc}); check the path and its permissions")
         for w in caught:
             _console(stderr=True).print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
-        console.print(layer_table(run))
+    return runs
+
+
+def _analyze_config(sets: tuple[str, ...], config: Path | None) -> dict:
+    """Thresholds from --config FILE then --set KEY=VALUE (later wins); exit 2 on any bad key."""
+    from gradscope.diagnose import resolve_config
+    from gradscope.diagnose.config import ConfigError, flatten, load_file, parse_set
+
+    try:
+        overrides = flatten(load_file(config)) if config is not None else {}
+        overrides.update(parse_set(sets))
+        return resolve_config(overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+    raise AssertionError  # unreachable: fail() exits
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
+              show_default=True, help="text: rich report; json: the findings contract (schema 1; a list "
+              "of objects for several runs); markdown: for issues and PRs.")
+@click.option("--plots", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write PNG figures to this directory (one sub-directory per run for several runs).")
+@click.option("--fail-on", type=click.Choice(["warning", "error"]), default=None,
+              help="Exit with code 1 when a finding at this severity or worse is found (CI gate).")
+@click.option("--steps", "steps_text", default=None, metavar="A:B",
+              help="Only steps A <= step < B (either side may be empty: 100:, :500).")
+@click.option("--layers", multiple=True, metavar="GLOB",
+              help="Only rows whose name matches GLOB (repeatable), e.g. --layers 'encoder.*'.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a threshold, e.g. --set vanishing.ratio=1e-4 (repeatable).")
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Thresholds from a JSON or TOML file: {\"vanishing\": {\"ratio\": 1e-4}}.")
+def analyze(runs: tuple[Path, ...], fmt: str, plots: Path | None, fail_on: str | None,
+            steps_text: str | None, layers: tuple[str, ...], sets: tuple[str, ...],
+            config: Path | None) -> None:
+    """Diagnose recorded RUN directories: verdict, findings with fixes, gradient norms by depth.
+
+    Exit code: 0 normally, 1 when --fail-on is met, 2 for bad input.
+    """
+    from gradscope.diagnose import diagnose
+    from gradscope.diagnose.select import parse_steps, select
+    from gradscope.report import dumps, render_markdown, render_text, report_json
+
+    try:
+        steps = parse_steps(steps_text) if steps_text is not None else None
+    except ValueError as exc:
+        fail(str(exc))
+    cfg = _analyze_config(sets, config)
+    loaded = [select(r, steps, list(layers) or None) for r in _load_runs(runs)]
+    results = [(run, diagnose(run, cfg)) for run in loaded]
+    if plots is not None:
+        _write_analyze_plots(results, plots)
+    if fmt == "json":
+        payload = [report_json(r, f) for r, f in results]
+        click.echo(dumps(payload[0] if len(payload) == 1 else payload))
+    elif fmt == "markdown":
+        click.echo("\n\n".join(render_markdown(r, f) for r, f in results))
+    else:
+        console = _console()
+        for i, (run, found) in enumerate(results):
+            if i:
+                console.rule()
+            render_text(run, found, console)
+    if fail_on is not None:
+        gate = {"warning": 1, "error": 2}[fail_on]
+        if any(f.severity.rank >= gate for _, found in results for f in found):
+            sys.exit(EXIT_GATE)
+
+
+def _write_analyze_plots(results: list, out: Path) -> None:
+    from gradscope._optional import MissingDependencyError
+    from gradscope.plots import write_plots
+
+    names = [r.path.resolve().name or "run" for r, _ in results]
+    for i, (run, found) in enumerate(results):
+        name = names[i] if names.count(names[i]) == 1 else f"{i}-{names[i]}"
+        sub = out if len(results) == 1 else out / name
+        try:
+            paths = write_plots(run, found, sub)
+        except MissingDependencyError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(f"cannot write plots to {sub}: {exc}")
+        _console(stderr=True).print(f"plots: {', '.join(str(p) for p in paths)}", soft_wrap=True)
 
 
 @main.command()

@@ -104,8 +104,10 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         where = f"the output of {named} in the forward pass"
     elif origin["layer"] not in (None, "loss"):
         where = f"the backward of {named}"
+    elif origin["phase"] == "loss":
+        where = "the loss"
     else:
-        where = "the loss" if origin["phase"] == "loss" else "the gradients"
+        where = "the global gradient norm (it overflowed to Inf while every element was finite)"
     msg = (f"NaN/Inf first appears at step {ev['first_step']} in {where}; {idx.size} of "
            f"{run.num_steps} recorded steps have non-finite values"
            + (f" and {len(pnames)} parameter gradient(s) are non-finite at that step." if pnames else "."))

@@ -44,7 +44,9 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
           "elements": elems, "steps": run.num_steps}
     shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
     msg = (f"{len(cols)} trainable parameter(s) never received a gradient in {run.num_steps} steps: "
-           f"{shown}" + (f" ({never_ran} belong to modules that never ran forward)." if never_ran else "."))
+           f"{shown}" + (f" ({never_ran} belong to modules that never ran forward)" if never_ran else "")
+           + (f"; {len(zeros)} got a gradient of exactly zero on every step, so something downstream "
+              "blocks it (dead ReLU units, a detach, a multiply by 0)." if zeros else "."))
     remedy = ("If the branch is meant to train, check that its output reaches the loss (a forgotten "
               "call, a detach(), an `if` that is never true). If it is not meant to train, freeze it "
               "(p.requires_grad_(False)) or leave it out of the optimizer; under DDP pass "

@@ -45,7 +45,7 @@ class Scope:
         flow: bool = True,
         update_every: int = 10,
         overwrite: bool = False,
-        tensorboard: bool | None = False,
+        tensorboard: bool | None = None,
     ) -> None:
         _check_args(model, optimizer, every, flush_every, update_every, include, exclude)
         self.log_dir = _prepare_dir(log_dir, overwrite)
@@ -462,7 +462,7 @@ def watch(
     flow: bool = True,
     update_every: int = 10,
     overwrite: bool = False,
-    tensorboard: bool | None = False,
+    tensorboard: bool | None = None,
 ) -> Scope:
     """Watch ``model`` (and ``optimizer``): record gradient and activation health to ``log_dir``.
 

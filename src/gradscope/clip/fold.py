@@ -3,8 +3,9 @@
 torch's fused Adam/AdamW (``fused=True``; ``torch._fused_adamw_``) take ``grad_scale`` and
 ``found_inf``, the attributes GradScaler sets on an optimizer: the kernel *divides* every gradient by
 ``grad_scale`` and skips the step when ``found_inf`` is 1. With ``grad_scale = 1 / coef`` the update
-equals clip-then-step (``g · coef``) while the gradients are read once by the norm pass and once by
-the optimizer, and never written: the scale pass disappears.
+equals clip-then-step (``g · coef``) while gradscope reads the gradients once (the norm pass) and
+never writes them: the scale pass disappears. (torch's CPU fused kernel writes the unscaled gradient
+back into ``.grad`` as part of its step, so after the step ``.grad`` holds ``g · coef`` there.)
 
 Departure from clip-then-step: with a non-finite norm the step is skipped (``found_inf = 1``), as under
 GradScaler, where torch's clip would multiply the grads by NaN (or 0) and step anyway.

@@ -80,7 +80,7 @@ class ZClip(Clipper):
         eff = torch.where(spike, threshold, n)
         new_mean = a * mean + (1 - a) * eff
         new_var = a * var + (1 - a) * (eff - new_mean) ** 2
-        ok = torch.isfinite(eff)
+        ok = torch.isfinite(n)
         self._mean = torch.where(ok, new_mean, mean)
         self._var = torch.where(ok, new_var, var)
         return coef

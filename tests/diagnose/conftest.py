@@ -26,6 +26,7 @@ def record(log_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, steps: i
     x, y = data if data is not None else spirals(512, seed=0)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(0)
+    watch_kw.setdefault("tensorboard", False)
     with gradscope.watch(model, opt, log_dir=log_dir, **watch_kw) as scope:
         for t in range(steps):
             idx = torch.randint(0, x.shape[0], (batch,), generator=g)

@@ -24,6 +24,8 @@ def unused_cols(run: Run, min_steps: int) -> tuple[list[int], list[int]]:
         return [], []
     rows = run.rows_of("param")
     nan = np.isnan(gn).all(axis=0)
+    if nan.all():  # no parameter got a gradient: the run recorded no backward, nothing to compare with
+        return [], []
     with np.errstate(invalid="ignore"):
         zero = ~nan & np.all(np.isnan(gn) | (gn == 0), axis=0)
     none = [c for c in range(len(rows)) if rows[c].trainable and nan[c]]

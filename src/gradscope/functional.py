@@ -35,31 +35,40 @@ def _stat_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def grad_stats(tensors: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-tensor L2 norm, max |x| and non-finite count, each a float32 vector on the first tensor's device.
+def norms(tensors: Sequence[Tensor], ord: float = 2.0) -> Tensor:
+    """Per-tensor ``ord``-norms as one float32 vector on the first tensor's device.
 
     Tensors are grouped by (device, dtype) so each group is one ``_foreach_norm`` call, as torch's
-    ``clip_grad_norm_`` does; norms are accumulated in fp32 even for bf16/fp16 tensors.
+    ``clip_grad_norm_`` does; bf16/fp16 tensors are reduced in fp32.
     """
     n = len(tensors)
     if n == 0:
-        empty = torch.empty(0, dtype=torch.float32)
-        return empty, empty.clone(), empty.clone()
+        return torch.empty(0, dtype=torch.float32)
     out_device = tensors[0].device
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
         groups[(t.device, t.dtype)].append(i)
-    norms: list[Tensor | None] = [None] * n
-    maxes: list[Tensor | None] = [None] * n
+    result: list[Tensor | None] = [None] * n
     for (_, dtype), idx in groups.items():
-        group = [tensors[i] for i in idx]
         kwargs = {"dtype": torch.float32} if dtype in (torch.float16, torch.bfloat16) else {}
-        g_norm = torch._foreach_norm(group, 2.0, **kwargs)
-        g_max = torch._foreach_norm(group, float("inf"), **kwargs)
-        for j, i in enumerate(idx):
-            norms[i], maxes[i] = g_norm[j], g_max[j]
-    norm = torch.stack([t.to(out_device, torch.float32) for t in norms])  # type: ignore[union-attr]
-    maxabs = torch.stack([t.to(out_device, torch.float32) for t in maxes])  # type: ignore[union-attr]
+        for i, t in zip(idx, torch._foreach_norm([tensors[i] for i in idx], ord, **kwargs)):
+            result[i] = t
+    return torch.stack([t.to(out_device, torch.float32) for t in result])  # type: ignore[union-attr]
+
+
+def grad_stats(tensors: Sequence[Tensor], exact_nonfinite: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-tensor L2 norm, max |x| and non-finite count, each a float32 vector on the first tensor's device.
+
+    With ``exact_nonfinite=False`` the third vector is a 0/1 flag (max |x| is not finite), which
+    costs nothing more; the exact count costs another pass over every tensor.
+    """
+    if len(tensors) == 0:
+        empty = torch.empty(0, dtype=torch.float32)
+        return empty, empty.clone(), empty.clone()
+    norm, maxabs = norms(tensors, 2.0), norms(tensors, float("inf"))
+    if not exact_nonfinite:
+        return norm, maxabs, (~torch.isfinite(maxabs)).to(torch.float32)
+    out_device = tensors[0].device
     finite = torch.stack([torch.isfinite(t).sum().to(out_device) for t in tensors])
     numel = torch.tensor([t.numel() for t in tensors], device=out_device)
     return norm, maxabs, (numel - finite).to(torch.float32)
@@ -91,26 +100,32 @@ def unit_active(y: Tensor) -> Tensor:
 def activation_sums(y: Tensor, module_type: str = "") -> Tensor:
     """One module output summarised as sums that add across calls (float64 vector, ACT_SUM_FIELDS order).
 
-    count, sum, sum of squares, exact zeros, non-finite elements, and saturated elements (only for
-    bounded modules such as Sigmoid/Tanh, else 0). Sums add, so a module called twice per step, or
-    over accumulated micro-batches, gets statistics over all its outputs.
+    count, sum, sum of squares, exact zeros, non-finite flag, saturated elements. Sums add, so a
+    module called twice per step, or over accumulated micro-batches, gets statistics over all its
+    outputs. Cost is one pass (``var_mean``) for any module; zeros are counted only for ReLU-like
+    modules and saturation only for bounded ones (one more pass each). ``nonfinite`` is 1 when the
+    output holds a NaN or Inf (its mean is not finite), not an element count: an exact count costs
+    three more passes on the CPU.
     """
     y = y.detach()
     dt = _stat_dtype(y.device)
     n = y.numel()
     yf = y if y.dtype in (torch.float32, torch.float64) else y.float()
-    s = yf.sum(dtype=dt)
-    sq = torch.linalg.vector_norm(yf, 2, dtype=dt).square()
-    zeros = n - torch.count_nonzero(yf)
-    nonfinite = n - torch.isfinite(yf).sum()
+    if n == 0:
+        return torch.zeros(ACT_N, dtype=dt, device=y.device)
+    var, mean = torch.var_mean(yf, correction=0)  # reductions in the tensor's dtype: no fp64 copy
+    mean, var = mean.to(dt), var.to(dt)
+    zero = torch.zeros((), dtype=dt, device=y.device)
+    zeros = (n - torch.count_nonzero(yf)).to(dt) if module_type in DEAD_UNIT_TYPES else zero
     rng = BOUNDED_RANGES.get(module_type)
     if rng is not None:
         centre, half = rng
-        sat = ((yf - centre).abs() > half * SATURATION_MARGIN).sum()
+        sat = ((yf - centre).abs() > half * SATURATION_MARGIN).sum().to(dt)
     else:
-        sat = torch.zeros((), dtype=dt, device=y.device)
+        sat = zero
+    nonfinite = (~torch.isfinite(mean)).to(dt)
     count = torch.full((), n, dtype=dt, device=y.device)
-    return torch.stack([count, s, sq, zeros.to(dt), nonfinite.to(dt), sat.to(dt)])
+    return torch.stack([count, mean * n, (var + mean * mean) * n, zeros, nonfinite, sat])
 
 
 def activation_stats(sums: Tensor) -> dict[str, Tensor]:
@@ -125,7 +140,7 @@ def activation_stats(sums: Tensor) -> dict[str, Tensor]:
     return {
         "mean": mean,
         "std": var.sqrt(),
-        "zero_frac": zeros / denom,
+        "zero_frac": zeros / denom,  # 0 for module types where zeros are not counted
         "sat_frac": sat / denom,
         "nonfinite": torch.where(count > 0, nonfinite, torch.nan),
     }

@@ -76,6 +76,7 @@ class Scope:
         self._pending: tuple[tuple[int, ...], Tensor, Tensor, Tensor] | None = None
         self._snapshots: dict[int, list[Tensor]] = {}
         self._index_cache: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
+        self._opt_cols_cache: dict[tuple[int, int], list[int]] = {}
         self._events: list[dict[str, Any]] = []
         self._rows_dirty = True
         self._in_flush = False
@@ -300,9 +301,12 @@ class Scope:
         if self._closed:
             return
         dt = self._stat_dtype
-        sq = torch.linalg.vector_norm(grad.detach(), 2, dtype=dt).square()
-        nonfinite = grad.numel() - torch.isfinite(grad).sum()
-        self._flow_acc[r] += torch.stack([torch.ones((), dtype=dt, device=sq.device), sq, nonfinite.to(dt)])
+        g = grad.detach()
+        norm = torch.linalg.vector_norm(g if g.dtype in (torch.float32, torch.float64) else g.float())
+        norm = norm.to(dt)
+        # 1 when the gradient holds NaN/Inf: its norm is then not finite (free, unlike an element count)
+        flag = (~torch.isfinite(norm)).to(dt)
+        self._flow_acc[r] += torch.stack([torch.ones((), dtype=dt, device=norm.device), norm * norm, flag])
 
     def _on_grad_accumulated(self) -> None:
         if self._closed or self._cb_queued:
@@ -323,7 +327,7 @@ class Scope:
     def _measure_grads(self) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor]:
         idx = tuple(i for i in self._trainable if self._params[i].grad is not None)
         grads = [self._params[i].grad for i in idx]
-        norm, maxabs, nonfinite = F.grad_stats(grads)  # type: ignore[arg-type]
+        norm, maxabs, nonfinite = F.grad_stats(grads, exact_nonfinite=False)  # type: ignore[arg-type]
         return idx, norm.to(self._device), maxabs.to(self._device), nonfinite.to(self._device)
 
     def _on_optimizer_pre_step(self, opt: torch.optim.Optimizer) -> None:
@@ -347,10 +351,11 @@ class Scope:
         if before is not None:
             cols = self._opt_cols(opt)
             after = [self._watched[c].detach() for c in cols]
-            delta = torch.stack(torch._foreach_norm(torch._foreach_sub(after, before)))
-            base = torch.stack(torch._foreach_norm(before))
-            ratio = (delta / base).to(self._device, torch.float32)
-            self._buffers.put("param", "update_ratio", slot, ratio, cols=self._device_index(cols))
+            weight = F.norms(after).to(self._device)
+            delta = F.norms(torch._foreach_sub(after, before)).to(self._device)
+            idx = self._device_index(cols)
+            self._buffers.put("param", "weight_norm", slot, weight, cols=idx)
+            self._buffers.put("param", "update_ratio", slot, delta / weight, cols=idx)
         if primary:
             self._record_params()
             for g, group in enumerate(opt.param_groups):
@@ -358,8 +363,14 @@ class Scope:
             self._stepped = True
 
     def _opt_cols(self, opt: torch.optim.Optimizer) -> list[int]:
-        ids = {id(p) for group in opt.param_groups for p in group["params"]}
-        return [c for c, p in enumerate(self._watched) if id(p) in ids and p.requires_grad]
+        """Watched trainable columns this optimizer updates (cached; rebuilt if its groups change)."""
+        key = (id(opt), sum(len(g["params"]) for g in opt.param_groups))
+        cols = self._opt_cols_cache.get(key)
+        if cols is None:
+            ids = {id(p) for group in opt.param_groups for p in group["params"]}
+            cols = [c for c, p in enumerate(self._watched) if id(p) in ids and p.requires_grad]
+            self._opt_cols_cache[key] = cols
+        return cols
 
     def _device_index(self, cols: Sequence[int]) -> Tensor:
         key = tuple(cols)
@@ -381,9 +392,13 @@ class Scope:
             dst_t = self._device_index([self._col_of[idx[k]] for k in src])
             for name, values in (("grad_norm", norm), ("grad_max", maxabs), ("grad_nonfinite", nonfinite)):
                 self._buffers.put("param", name, slot, values.index_select(0, src_t), cols=dst_t)
-        if self._watched:
-            w = torch._foreach_norm([p.detach() for p in self._watched])
-            self._buffers.put("param", "weight_norm", slot, torch.stack([t.float() for t in w]))
+        if self._update_sampled():
+            # Weights the optimizers update get their norm with the update ratio; the rest here.
+            owned = {c for opt in self._optimizers for c in self._opt_cols(opt)}
+            cols = [c for c in range(len(self._watched)) if c not in owned]
+            if cols:
+                weight = F.norms([self._watched[c].detach() for c in cols]).to(self._device)
+                self._buffers.put("param", "weight_norm", slot, weight, cols=self._device_index(cols))
 
 
 def _make_sinks(log_dir: Path, tensorboard: bool | None) -> list[Any]:

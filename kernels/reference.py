@@ -58,6 +58,7 @@ class Layout:
     owner: Tensor  # int64 [C], original tensor index of each global chunk
     n_tensors: int
     n_chunks: int
+    seg_lo_host: list[int]
 
 
 def layout_key(tensors: Sequence[Tensor], chunk: int) -> tuple:
@@ -99,7 +100,7 @@ def build_layout(tensors: Sequence[Tensor], chunk: int) -> Layout:
     def dev(x: list[int]) -> Tensor:
         return torch.tensor(x, dtype=torch.int64).to(device)
 
-    return Layout(chunk, device, groups, dev(seg_lo), dev(seg_hi), dev(owner), len(tensors), base)
+    return Layout(chunk, device, groups, dev(seg_lo), dev(seg_hi), dev(owner), len(tensors), base, seg_lo)
 
 
 _LAYOUTS: OrderedDict[tuple, Layout] = OrderedDict()
@@ -133,19 +134,53 @@ def _chunk_partials(v: Tensor, p: float) -> tuple[Tensor, Tensor, Tensor, Tensor
     return sq, mx, nf, pw
 
 
+def _small_partials(views: list[Tensor], p: float) -> list[tuple[Tensor, ...]]:
+    """Partials of whole tensors that fit one chunk: a grouped ``_foreach_norm`` and ``aminmax``.
+
+    (The CPU ``_foreach_norm(inf)`` is ~10x slower than ``aminmax``, hence not used for max |x|.)
+    """
+    kw = {} if views[0].dtype == torch.float32 else {"dtype": torch.float32}
+    sq = torch.stack(torch._foreach_norm(views, 2.0, **kw)).square()
+    lo, hi = zip(*[torch.aminmax(v) for v in views], strict=True)
+    mx = torch.maximum(-torch.stack(lo), torch.stack(hi)).float()
+    if math.isinf(p):
+        pw = mx
+    elif p == 2.0:
+        pw = sq
+    else:
+        pw = torch.stack(torch._foreach_norm(views, p, **kw)).pow(p)
+    if sq.device.type == "cpu" and bool(torch.isfinite(sq).all()):  # CPU: no sync; all finite
+        nf = torch.zeros_like(sq)
+    else:
+        nf = torch.stack([(~torch.isfinite(v)).sum().float() for v in views])
+    return list(zip(sq.unbind(), mx.unbind(), nf.unbind(), pw.unbind(), strict=True))
+
+
 def partials(tensors: Sequence[Tensor], layout: Layout, p: float = 2.0) -> tuple[Tensor, ...]:
-    """Per-chunk (Σx², max|x|, non-finite, Σ|x|^p) as four fp32 [C] vectors: the norm kernel's output."""
-    cols: list[list[Tensor]] = [[], [], [], []]
-    for group in layout.groups:
-        for i in group.index:
-            flat = tensors[i].detach().reshape(-1)
-            for s in range(0, flat.numel(), layout.chunk):
-                for col, val in zip(cols, _chunk_partials(flat[s : s + layout.chunk], p), strict=True):
-                    col.append(val)
-    if not cols[0]:
+    """Per-chunk (Σx², max|x|, non-finite, Σ|x|^p) as four fp32 [C] vectors: the norm kernel's output.
+
+    A tensor that fits one chunk is one chunk: those are done together per dtype (grouped foreach);
+    larger tensors chunk by chunk, each chunk read from memory once and then from cache.
+    """
+    if not layout.n_chunks:
         empty = torch.zeros(0, dtype=torch.float32, device=layout.device)
         return empty, empty, empty, empty
-    return tuple(torch.stack(c) for c in cols)
+    rows: list = [None] * layout.n_chunks
+    for group in layout.groups:
+        small, small_at = [], []
+        for i in group.index:
+            flat = tensors[i].detach().reshape(-1)
+            at = layout.seg_lo_host[i]
+            if 0 < flat.numel() <= layout.chunk:
+                small.append(flat)
+                small_at.append(at)
+                continue
+            for k, s in enumerate(range(0, flat.numel(), layout.chunk)):
+                rows[at + k] = _chunk_partials(flat[s : s + layout.chunk], p)
+        if small:
+            for at, row in zip(small_at, _small_partials(small, p), strict=True):
+                rows[at] = row
+    return tuple(torch.stack(col) for col in zip(*rows, strict=True))
 
 
 @dataclass

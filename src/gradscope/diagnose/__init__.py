@@ -23,6 +23,7 @@ from gradscope.diagnose import (
     update_ratio,
     vanishing,
 )
+from gradscope.diagnose._util import cached
 from gradscope.diagnose.config import ConfigError, defaults, resolve
 from gradscope.diagnose.findings import FINDINGS_SCHEMA, Finding, Severity, sort_findings
 from gradscope.run.reader import Run
@@ -43,7 +44,7 @@ def diagnose(run: Run, config: Mapping[str, Any] | None = None) -> list[Finding]
     """All findings for ``run``, most severe first. Empty, 1-step and all-NaN runs give no warnings."""
     cfg = resolve_config(config)
     found: list[Finding] = []
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
+    with warnings.catch_warnings(), np.errstate(all="ignore"), cached(run):
         warnings.simplefilter("ignore", RuntimeWarning)
         for det in DETECTORS:
             found.extend(det.detect(run, cfg[det.NAME]))

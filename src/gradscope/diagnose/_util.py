@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +66,34 @@ def block_reduce(a: np.ndarray, block: int, fn: str = "median") -> np.ndarray:
     return nanmedian(b, axis=1)
 
 
+_CACHE: dict[tuple[int, str], Any] = {}
+
+
+@contextmanager
+def cached(run: Run) -> Iterator[None]:
+    """Within the block, profiles of ``run`` are computed once and shared between detectors."""
+    _CACHE[(id(run), "on")] = True
+    try:
+        yield
+    finally:
+        for key in [k for k in _CACHE if k[0] == id(run)]:
+            del _CACHE[key]
+
+
+def _memo(fn: Callable[[Run], Any]) -> Callable[[Run], Any]:
+    def wrapper(run: Run) -> Any:
+        if (id(run), "on") not in _CACHE:
+            return fn(run)
+        key = (id(run), fn.__name__)
+        if key not in _CACHE:
+            _CACHE[key] = fn(run)
+        return _CACHE[key]
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
 @dataclass
 class Profile:
     """Per-step values of layers ordered by depth: ``values`` [steps x layers], ``names`` per layer."""
@@ -71,6 +102,7 @@ class Profile:
     values: np.ndarray
 
 
+@_memo
 def used_param_cols(run: Run) -> list[int]:
     """Trainable param columns that received a non-zero gradient at least once."""
     gn = run.metric("param", "grad_norm")
@@ -80,6 +112,7 @@ def used_param_cols(run: Run) -> list[int]:
     return [c for c in range(len(rows)) if rows[c].trainable and got[c]]
 
 
+@_memo
 def weight_profile(run: Run) -> Profile:
     """RMS gradient (norm / sqrt(numel)) of each used trainable weight (>= 2-D, dense) by depth.
 
@@ -99,6 +132,7 @@ def weight_profile(run: Run) -> Profile:
     return Profile([rows[c].name for c in cols], vals)
 
 
+@_memo
 def flow_profile(run: Run) -> Profile:
     """Norm of the gradient into each module's output, by depth (modules that ran and got one)."""
     rows = run.rows_of("flow")

@@ -31,19 +31,20 @@ DEFAULTS: dict[str, float] = {
 def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     dead = run.metric("act", "dead_frac")
     rows = run.rows_of("act")
-    nonfinite = np.nan_to_num(run.metric("act", "nonfinite"), nan=0.0)
+    nonfinite = run.metric("act", "nonfinite")
+    with np.errstate(invalid="ignore"):
+        valid_all = ~np.isnan(dead) & ~(nonfinite > 0)  # NaN outputs say nothing about units
+        hit_all = valid_all & (dead >= cfg["frac"])
+    n_all = valid_all.sum(axis=0)
+    frac_all = hit_all.sum(axis=0) / np.maximum(n_all, 1)
     findings = []
     for c in run.depth_order("act"):
-        col = dead[:, c]
-        valid = ~np.isnan(col) & ~(nonfinite[:, c] > 0)  # NaN outputs say nothing about units
-        n = int(valid.sum())
-        if n == 0:
+        n = int(n_all[c])
+        if n == 0 or frac_all[c] < cfg["persist"]:
             continue
-        with np.errstate(invalid="ignore"):
-            hit = valid & (col >= cfg["frac"])
-        frac = hit.sum() / n
+        col, valid, hit, frac = dead[:, c], valid_all[:, c], hit_all[:, c], float(frac_all[c])
         _, longest = longest_run(hit[valid])
-        if frac < cfg["persist"] or longest < min(int(cfg["min_steps"]), n):
+        if longest < min(int(cfg["min_steps"]), n):
             continue
         med = float(np.median(col[hit]))
         sev = Severity.ERROR if med >= cfg["error_frac"] else Severity.WARNING

@@ -24,7 +24,7 @@ DEFAULTS: dict[str, float] = {"enabled": 1}
 def _bad(a: np.ndarray) -> np.ndarray:
     """[steps x rows] mask of non-finite counts > 0 (NaN = not recorded, so not bad)."""
     with np.errstate(invalid="ignore"):
-        return np.nan_to_num(a, nan=0.0) > 0
+        return a > 0  # NaN > 0 is False
 
 
 def _loss_bad(run: Run) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradscope.diagnose._util import stretch, used_param_cols
+from gradscope.diagnose._util import nanmedian, stretch, used_param_cols
 from gradscope.diagnose.findings import Finding, Severity
 from gradscope.run.reader import Run
 
@@ -33,21 +33,18 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     ur = run.metric("param", "update_ratio")
     rows = run.rows_of("param")
     cols = [c for c in used_param_cols(run) if len(rows[c].shape) >= 2]
+    sub = ur[:, cols]
+    valid = np.isfinite(sub)
+    n = valid.sum(axis=0)
+    med = nanmedian(np.where(valid, sub, np.nan), axis=0)
     findings = []
     for side in ("high", "low"):
-        layers, meds, hits = [], [], np.zeros(run.num_steps, bool)
-        for c in cols:
-            col = ur[:, c]
-            valid = np.isfinite(col)
-            n = int(valid.sum())
-            if n < cfg["min_samples"]:
-                continue
-            with np.errstate(invalid="ignore"):
-                hit = valid & ((col > cfg["high"]) if side == "high" else (col < cfg["low"]))
-            if hit.sum() / n >= cfg["persist"]:
-                layers.append(rows[c].name)
-                meds.append(float(np.median(col[valid])))
-                hits |= hit
+        with np.errstate(invalid="ignore"):
+            hit = valid & ((sub > cfg["high"]) if side == "high" else (sub < cfg["low"]))
+        ok = (n >= cfg["min_samples"]) & (hit.sum(axis=0) >= cfg["persist"] * np.maximum(n, 1))
+        layers = [rows[cols[k]].name for k in np.flatnonzero(ok)]
+        meds = [float(med[k]) for k in np.flatnonzero(ok)]
+        hits = hit[:, ok].any(axis=1) if ok.any() else np.zeros(run.num_steps, bool)
         if layers:
             findings.append(_finding(run, side, layers, meds, hits, cfg))
     return findings

@@ -13,9 +13,9 @@ The algorithm (the kernels in ``clip_norm.py`` run the same steps on the GPU):
    flag and ``grad_scale = 1 / coef`` for a fused optimizer step. fp32 throughout, also for bf16 grads.
 4. **Scale**: ``g *= coef``, skipped when ``coef >= 1``.
 
-On CPU this mirror is also gradscope's fast torch path: chunks of ``CPU_CHUNK`` elements stay in the
-L2 cache, so the sum of squares (``torch.dot``) and ``aminmax`` read memory once; a branch on a
-value costs nothing on CPU (there is no device to wait for). On other devices it branches on nothing.
+This mirror is the readable reference for the kernels (tests compare the two); it is not gradscope's
+CPU fast path. On CPU ``gradscope.clip.cpu`` is faster: torch's ``_foreach_norm`` read pass alone
+beats this mirror's per-chunk ``torch.dot`` + ``aminmax`` (see benchmarks/CLIP.md).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-CPU_CHUNK = 1 << 18  # 1 MiB of fp32: two chunks fit one core's L2, the unit of the CPU fast path
+CPU_CHUNK = 1 << 18  # 1 MiB of fp32: two chunks fit one core's L2 (the default chunk of this mirror)
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: coef = max_norm / (total_norm + 1e-6)
 _CACHE_SIZE = 8
 
@@ -185,10 +185,13 @@ def partials(tensors: Sequence[Tensor], layout: Layout, p: float = 2.0) -> tuple
 
 @dataclass
 class Finalized:
-    """Finalize output, all fp32 device tensors: per-tensor [T] vectors and 0-d scalars."""
+    """Finalize output, all fp32 device tensors: per-tensor [T] vectors and 0-d scalars.
+
+    ``maxabs`` is None where a path was asked not to measure it (``gradscope.clip.cpu``, stats="norm").
+    """
 
     norm: Tensor
-    maxabs: Tensor
+    maxabs: Tensor | None
     nonfinite: Tensor
     total: Tensor
     coef: Tensor

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from gradscope.kernels.reference import clip_coef
 
-from .backend import measure, resolve, scale_
-from .base import Clipper, stats
+from .backend import check_stats, measure, resolve, scale_
+from .base import Clipper, tensor_stats
 from .result import ClipResult
 
 
@@ -29,18 +29,23 @@ class AutoClip(Clipper):
     name = "autoclip"
 
     def __init__(
-        self, percentile: float = 10.0, history: int = 1000, norm_type: float = 2.0, backend: str = "auto"
+        self,
+        percentile: float = 10.0,
+        history: int = 1000,
+        norm_type: float = 2.0,
+        backend: str = "auto",
+        stats: str = "norm",
     ) -> None:
         if not 0.0 <= percentile <= 100.0:
             raise ValueError(f"percentile must be in [0, 100], got {percentile}")
         self.percentile, self.history = float(percentile), int(history)
-        self.norm_type, self.backend = float(norm_type), backend
+        self.norm_type, self.backend, self.stats = float(norm_type), backend, check_stats(stats)
         self._buf: Tensor | None = None
         self._step = 0
 
     def _clip(self, params: list[Tensor], grads: list[Tensor]) -> ClipResult:
         which = resolve(self.backend, grads, self.norm_type)
-        out = measure(grads, float("inf"), self.norm_type, which)
+        out = measure(grads, float("inf"), self.norm_type, which, self.stats)
         total = out.total
         if self._buf is None:
             self._buf = torch.full((self.history,), torch.nan, dtype=torch.float32, device=total.device)
@@ -51,7 +56,7 @@ class AutoClip(Clipper):
         threshold = torch.nanquantile(seen, self.percentile / 100.0)
         coef = clip_coef(total, threshold)
         scale_(grads, coef, which)
-        return ClipResult(total, coef, ~(coef >= 1.0), stats(out))
+        return ClipResult(total, coef, ~(coef >= 1.0), tensor_stats(out))
 
     def state_dict(self) -> dict[str, Any]:
         buf = None if self._buf is None else self._buf.clone()

@@ -4,8 +4,15 @@
 fold values (``found_inf``, ``grad_scale``), all fp32 device tensors:
 
 * ``triton``: the fused kernels of ``gradscope.kernels.clip_norm`` (CUDA; CPU under TRITON_INTERPRET=1).
-* ``torch`` on CPU: the eager mirror of the kernels (``gradscope.kernels.reference``), cache-blocked.
-* ``torch`` elsewhere: ``functional.grad_stats`` (grouped ``_foreach_norm``), no branch on a value.
+* ``torch`` on CPU: ``gradscope.clip.cpu``, torch's ``_foreach_norm`` read pass plus host branches.
+* ``torch`` elsewhere: grouped ``_foreach_norm`` (``functional``), no branch on a value.
+
+``stats`` says what a step pays for (see ``STATS``):
+
+* ``"norm"``: per-tensor norms and non-finite information, and max |g| only where it is free (the
+  fused Triton pass); elsewhere ``maxabs`` is None. Non-finite counts are exact on CPU and Triton;
+  on the generic torch path (other devices) they are a 0/1 flag per tensor (its norm is not finite).
+* ``"full"``: also max |g| and exact non-finite counts everywhere (extra reads off the Triton path).
 
 ``auto`` takes ``triton`` when every grad is a contiguous fp32/bf16/fp16 CUDA tensor on one device,
 the norm type is > 0 and triton is importable; otherwise ``torch``.
@@ -25,7 +32,10 @@ from gradscope._optional import available
 from gradscope.kernels import reference
 from gradscope.kernels.reference import Finalized
 
+from . import cpu
+
 BACKENDS = ("auto", "triton", "torch")
+STATS = ("norm", "full")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -63,8 +73,25 @@ def _kernels():
     return clip_norm
 
 
+def check_stats(stats: str) -> str:
+    """``stats`` itself, or a ValueError that lists the choices."""
+    if stats not in STATS:
+        raise ValueError(f"stats must be one of {STATS}, not {stats!r}")
+    return stats
+
+
+def _generic_norm(grads: Sequence[Tensor], max_norm: float | Tensor, p: float) -> Finalized:
+    """Any device, ``stats="norm"``: one grouped foreach norm pass; non-finite as a 0/1 flag."""
+    norms = functional.norms(grads, p)
+    total = functional.total_norm(norms, p)
+    coef = reference.clip_coef(total, max_norm)
+    flag = (~torch.isfinite(norms)).float()
+    mx = norms if math.isinf(p) else None  # the inf-norm is max |g|
+    return Finalized(norms, mx, flag, total, coef, (~torch.isfinite(total)).float(), 1.0 / coef)
+
+
 def _generic(grads: Sequence[Tensor], max_norm: float | Tensor, p: float) -> Finalized:
-    """Any device, any norm type: grouped foreach norms via ``functional.grad_stats``."""
+    """Any device, any norm type, ``stats="full"``: foreach norms via ``functional.grad_stats``."""
     norm2, maxabs, nonfinite = functional.grad_stats(grads)
     if p == 2.0:
         norms = norm2
@@ -79,7 +106,9 @@ def _generic(grads: Sequence[Tensor], max_norm: float | Tensor, p: float) -> Fin
     return Finalized(norms, maxabs, nonfinite, total, coef, found, 1.0 / coef)
 
 
-def measure(grads: Sequence[Tensor], max_norm: float | Tensor, p: float, backend: str) -> Finalized:
+def measure(
+    grads: Sequence[Tensor], max_norm: float | Tensor, p: float, backend: str, stats: str = "full"
+) -> Finalized:
     """Read-only pass over ``grads`` (non-empty): norms, stats, coefficient; ``backend`` resolved."""
     p = float(p)
     if backend == "triton":
@@ -89,10 +118,10 @@ def measure(grads: Sequence[Tensor], max_norm: float | Tensor, p: float, backend
             out.coef = reference.clip_coef(out.total, max_norm)
             out.grad_scale = 1.0 / out.coef
         return out
-    cpu = all(g.device.type == "cpu" for g in grads)
-    if cpu and p > 0 and all(g.dtype.is_floating_point for g in grads):
-        layout = reference.layout_for(grads, reference.CPU_CHUNK)
-        return reference.finalize(reference.partials(grads, layout, p), layout, p, max_norm)
+    if cpu.fits(grads, p):
+        return cpu.measure(grads, max_norm, p, stats)
+    if stats == "norm" and p > 0:
+        return _generic_norm(grads, max_norm, p)
     return _generic(grads, max_norm, p)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._listeners import notify
-from .backend import measure, resolve
+from .backend import check_stats, measure, resolve
 from .result import ClipResult, TensorStats, empty_result, grads_of, param_list
 
 
@@ -51,15 +51,16 @@ class NoClip(Clipper):
 
     name = "none"
 
-    def __init__(self, norm_type: float = 2.0, backend: str = "auto") -> None:
-        self.norm_type, self.backend = float(norm_type), backend
+    def __init__(self, norm_type: float = 2.0, backend: str = "auto", stats: str = "norm") -> None:
+        self.norm_type, self.backend, self.stats = float(norm_type), backend, check_stats(stats)
 
     def _clip(self, params: list[Tensor], grads: list[Tensor]) -> ClipResult:
-        out = measure(grads, float("inf"), self.norm_type, resolve(self.backend, grads, self.norm_type))
+        which = resolve(self.backend, grads, self.norm_type)
+        out = measure(grads, float("inf"), self.norm_type, which, self.stats)
         one = torch.ones((), dtype=torch.float32, device=out.total.device)
-        return ClipResult(out.total, one, torch.zeros((), dtype=torch.bool, device=one.device), stats(out))
+        return ClipResult(out.total, one, torch.zeros((), dtype=torch.bool, device=one.device), tensor_stats(out))
 
 
-def stats(out) -> TensorStats:
+def tensor_stats(out) -> TensorStats:
     """Per-tensor statistics of a ``measure`` result."""
     return TensorStats(out.norm, out.maxabs, out.nonfinite)

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from ._listeners import notify
-from .backend import measure, resolve
-from .base import stats
+from .backend import check_stats, measure, resolve
+from .base import tensor_stats
 from .result import ClipResult, empty_result, grads_of, param_list
 
 
@@ -41,11 +41,14 @@ def fold_step(
     max_norm: float,
     norm_type: float = 2.0,
     backend: str = "auto",
+    stats: str = "norm",
 ) -> ClipResult:
     """Measure the norm, then ``optimizer.step()`` with ``grad_scale = 1/coef`` and ``found_inf``.
 
     Gradients are left unscaled. Returns the ClipResult (also handed to the clip listeners).
+    ``stats``: "norm" or "full", as in ``clip_grad_norm_``.
     """
+    check_stats(stats)
     _check_fused(optimizer)
     params = param_list(parameters)
     grads = grads_of(params)
@@ -55,8 +58,9 @@ def fold_step(
             optimizer.step()
             notify(params, result)
             return result
-        out = measure(grads, float(max_norm), float(norm_type), resolve(backend, grads, float(norm_type)))
-    result = ClipResult(out.total, out.coef, ~(out.coef >= 1.0), stats(out))
+        which = resolve(backend, grads, float(norm_type))
+        out = measure(grads, float(max_norm), float(norm_type), which, stats)
+    result = ClipResult(out.total, out.coef, ~(out.coef >= 1.0), tensor_stats(out))
     optimizer.grad_scale = out.grad_scale  # type: ignore[attr-defined]
     optimizer.found_inf = out.found_inf  # type: ignore[attr-defined]
     try:

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from gradscope.kernels.reference import clip_coef
 
-from .backend import measure, resolve
-from .base import Clipper, stats
+from .backend import check_stats, measure, resolve
+from .base import Clipper, tensor_stats
 from .result import ClipResult
 
 
@@ -21,11 +21,15 @@ class LayerClipper(Clipper):
 
     name = "layer"
 
-    def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0, backend: str = "auto") -> None:
+    def __init__(
+        self, max_norm: float = 1.0, norm_type: float = 2.0, backend: str = "auto", stats: str = "norm"
+    ) -> None:
         self.max_norm, self.norm_type, self.backend = float(max_norm), float(norm_type), backend
+        self.stats = check_stats(stats)
 
     def _clip(self, params: list[Tensor], grads: list[Tensor]) -> ClipResult:
-        out = measure(grads, float("inf"), self.norm_type, resolve(self.backend, grads, self.norm_type))
+        which = resolve(self.backend, grads, self.norm_type)
+        out = measure(grads, float("inf"), self.norm_type, which, self.stats)
         coef = clip_coef(out.norm, self.max_norm)
         act = ~(coef >= 1.0)
         if coef.device.type == "cpu":  # CPU: no sync; write only the tensors that clip
@@ -35,4 +39,4 @@ class LayerClipper(Clipper):
         else:
             for g, c in zip(grads, coef.unbind(), strict=True):
                 g.mul_(c.to(g.device))
-        return ClipResult(out.total, coef, act.any(), stats(out))
+        return ClipResult(out.total, coef, act.any(), tensor_stats(out))

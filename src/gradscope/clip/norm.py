@@ -6,6 +6,10 @@ Rule (Pascanu, Mikolov & Bengio 2013, "On the difficulty of training recurrent n
 Deliberate difference from torch: the returned norm is fp32 for every grad dtype. torch returns a
 bf16 norm for bf16 grads (its norm is rounded to 8 bits of mantissa, up to ~0.2 % off the fp32 value),
 and derives its coefficient from it; gradscope accumulates and keeps fp32.
+
+``stats`` picks the per-tensor statistics a step pays for: ``"norm"`` (default: norms and non-finite
+information, read in the same pass as the global norm) or ``"full"`` (also max |g|, one more read off
+the Triton path). See ``gradscope.clip.backend``.
 """
 
 from __future__ import annotations
@@ -18,17 +22,19 @@ import torch
 from torch import Tensor
 
 from ._listeners import notify
-from .backend import measure, resolve, scale_
-from .base import Clipper, stats
+from .backend import check_stats, measure, resolve, scale_
+from .base import Clipper, tensor_stats
 from .result import ClipResult, empty_result, grads_of, param_list
 
 
-def clip_global(grads: list[Tensor], max_norm: float | Tensor, norm_type: float, backend: str) -> ClipResult:
+def clip_global(
+    grads: list[Tensor], max_norm: float | Tensor, norm_type: float, backend: str, stats: str = "norm"
+) -> ClipResult:
     """Measure, then ``g *= coef`` (skipped on device when coef >= 1). ``grads`` non-empty."""
     which = resolve(backend, grads, norm_type)
-    out = measure(grads, max_norm, norm_type, which)
+    out = measure(grads, max_norm, norm_type, which, stats)
     scale_(grads, out.coef, which)
-    return ClipResult(out.total, out.coef, ~(out.coef >= 1.0), stats(out))
+    return ClipResult(out.total, out.coef, ~(out.coef >= 1.0), tensor_stats(out))
 
 
 def clip_grad_norm_(
@@ -38,13 +44,16 @@ def clip_grad_norm_(
     error_if_nonfinite: bool = False,
     foreach: bool | None = None,
     backend: str = "auto",
+    stats: str = "norm",
 ) -> Tensor:
     """Drop-in for ``torch.nn.utils.clip_grad_norm_``; returns the pre-clip total norm (fp32).
 
     ``backend``: "auto" (fused Triton kernels for CUDA grads when triton is installed, else torch),
     "triton" or "torch". ``foreach`` is accepted for signature compatibility: gradscope's passes are
-    always grouped. The per-tensor statistics go to the listeners of ``add_listener``.
+    always grouped. ``stats``: "norm" or "full" (module docstring). The per-tensor statistics go to
+    the listeners of ``add_listener``.
     """
+    check_stats(stats)
     is_generator = isinstance(parameters, types.GeneratorType)
     params = param_list(parameters)
     if is_generator and not params:
@@ -55,7 +64,7 @@ def clip_grad_norm_(
             result = empty_result()
         else:
             which = resolve(backend, grads, float(norm_type))
-            out = measure(grads, float(max_norm), float(norm_type), which)
+            out = measure(grads, float(max_norm), float(norm_type), which, stats)
             # error_if_nonfinite reads the norm on the host: a deliberate sync, only when asked (as torch).
             if error_if_nonfinite and not bool(torch.isfinite(out.total)):
                 raise RuntimeError(
@@ -64,7 +73,7 @@ def clip_grad_norm_(
                     "by the non-finite norm anyway, set `error_if_nonfinite=False`"
                 )
             scale_(grads, out.coef, which)
-            result = ClipResult(out.total, out.coef, ~(out.coef >= 1.0), stats(out))
+            result = ClipResult(out.total, out.coef, ~(out.coef >= 1.0), tensor_stats(out))
     notify(params, result)
     return result.total_norm
 
@@ -74,8 +83,11 @@ class NormClipper(Clipper):
 
     name = "norm"
 
-    def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0, backend: str = "auto") -> None:
+    def __init__(
+        self, max_norm: float = 1.0, norm_type: float = 2.0, backend: str = "auto", stats: str = "norm"
+    ) -> None:
         self.max_norm, self.norm_type, self.backend = float(max_norm), float(norm_type), backend
+        self.stats = check_stats(stats)
 
     def _clip(self, params: list[Tensor], grads: list[Tensor]) -> ClipResult:
-        return clip_global(grads, self.max_norm, self.norm_type, self.backend)
+        return clip_global(grads, self.max_norm, self.norm_type, self.backend, self.stats)

@@ -13,8 +13,9 @@ from torch import Tensor
 class TensorStats:
     """Per-tensor statistics of the gradients, pre-clip, fp32 vectors in parameter order.
 
-    ``norm`` is in the clipper's norm type; ``maxabs`` (max |g|) and ``nonfinite`` (count of NaN/Inf
-    elements) are ``None`` where a strategy does not measure them (AGC).
+    ``norm`` is in the clipper's norm type; ``nonfinite`` counts NaN/Inf elements; ``maxabs`` is max |g|
+    (NaN when the tensor holds a NaN). Either is ``None`` where it was not measured: ``maxabs`` with
+    ``stats="norm"`` off the Triton path (ask for ``stats="full"``), both for AGC.
     """
 
     norm: Tensor

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .backend import measure, resolve
-from .base import Clipper, stats
+from .base import Clipper, tensor_stats
 from .result import ClipResult
 
 
@@ -23,7 +23,7 @@ class ValueClipper(Clipper):
         self.clip_value, self.backend = float(clip_value), backend
 
     def _clip(self, params: list[Tensor], grads: list[Tensor]) -> ClipResult:
-        out = measure(grads, float("inf"), 2.0, resolve(self.backend, grads))
+        out = measure(grads, float("inf"), 2.0, resolve(self.backend, grads), stats="full")  # needs max|g|
         over = out.maxabs > self.clip_value
         if out.maxabs.device.type == "cpu":  # CPU: reading ``over`` costs no sync; clamp only those
             todo = [g for g, o in zip(grads, over.tolist(), strict=True) if o]
@@ -33,4 +33,4 @@ class ValueClipper(Clipper):
             torch._foreach_clamp_min_(todo, -self.clip_value)
             torch._foreach_clamp_max_(todo, self.clip_value)
         one = torch.ones((), dtype=torch.float32, device=out.total.device)
-        return ClipResult(out.total, one, over.any(), stats(out))
+        return ClipResult(out.total, one, over.any(), tensor_stats(out))

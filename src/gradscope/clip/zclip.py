@@ -21,8 +21,8 @@ from torch import Tensor
 
 from gradscope.kernels.reference import clip_coef
 
-from .backend import measure, resolve, scale_
-from .base import Clipper, stats
+from .backend import check_stats, measure, resolve, scale_
+from .base import Clipper, tensor_stats
 from .result import ClipResult
 
 
@@ -39,11 +39,12 @@ class ZClip(Clipper):
         eps: float = 1e-6,
         norm_type: float = 2.0,
         backend: str = "auto",
+        stats: str = "norm",
     ) -> None:
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1, got {warmup}")
         self.alpha, self.z_thresh, self.warmup, self.eps = float(alpha), float(z_thresh), int(warmup), eps
-        self.norm_type, self.backend = float(norm_type), backend
+        self.norm_type, self.backend, self.stats = float(norm_type), backend, check_stats(stats)
         self._step = 0
         self._warm: Tensor | None = None
         self._mean: Tensor | None = None
@@ -51,7 +52,7 @@ class ZClip(Clipper):
 
     def _clip(self, params: list[Tensor], grads: list[Tensor]) -> ClipResult:
         which = resolve(self.backend, grads, self.norm_type)
-        out = measure(grads, float("inf"), self.norm_type, which)
+        out = measure(grads, float("inf"), self.norm_type, which, self.stats)
         n = out.total
         if self._step < self.warmup:
             coef = self._collect(n)
@@ -59,7 +60,7 @@ class ZClip(Clipper):
             coef = self._update(n)
             scale_(grads, coef, which)
         self._step += 1
-        return ClipResult(n, coef, ~(coef >= 1.0), stats(out))
+        return ClipResult(n, coef, ~(coef >= 1.0), tensor_stats(out))
 
     def _collect(self, n: Tensor) -> Tensor:
         if self._warm is None:

@@ -15,17 +15,15 @@ if TYPE_CHECKING:
     from gradscope.diagnose.findings import Finding
 
 
-def _finite_or_nan(fn: Any, a: np.ndarray) -> float:
-    a = a[~np.isnan(a)]
-    return float(fn(a)) if a.size else float("nan")
-
-
 def layer_summary(run: Run) -> list[dict[str, Any]]:
     """One dict per parameter row in depth order: grad norm first/last/median, non-finite total."""
     gn = run.metric("param", "grad_norm")
     nf = run.metric("param", "grad_nonfinite")
     rows = run.rows_of("param")
     out = []
+    from gradscope.diagnose._util import nanmedian
+
+    medians = nanmedian(gn, axis=0)  # one sort for all columns: fast on 100k-step runs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for c in run.depth_order("param"):
@@ -38,7 +36,7 @@ def layer_summary(run: Run) -> list[dict[str, Any]]:
                 "trainable": rows[c].trainable,
                 "first": float(col[seen[0]]) if seen.size else float("nan"),
                 "last": float(col[seen[-1]]) if seen.size else float("nan"),
-                "median": _finite_or_nan(np.median, col),
+                "median": float(medians[c]),
                 "nonfinite": int(np.nansum(nf[:, c])),
                 "steps_with_grad": int(seen.size),
             })

@@ -78,6 +78,11 @@ class StepBuffers:
         else:
             t[slot] = value
 
+    def filled(self) -> dict[str, Tensor]:
+        """Views of the filled slots of every metric array (for in-place reductions before take)."""
+        n = len(self.steps)
+        return {k: v[:n] for k, v in self._metrics.items()}
+
     def take(self) -> Callable[[], dict[str, np.ndarray]]:
         """Start the copy of the filled slots to the host and reset; the returned callable finishes it.
 

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradscope import amp, distributed, hooks
 from gradscope import functional as F
-from gradscope import hooks
 from gradscope.buffers import StepBuffers
 from gradscope.rows import plan
 from gradscope.run import format as fmt
 from gradscope.run.format import Row
-from gradscope.run.writer import RunWriter
+from gradscope.run.writer import NullWriter, RunWriter
 
 
 class Scope:
@@ -46,9 +46,11 @@ class Scope:
         update_every: int = 10,
         overwrite: bool = False,
         tensorboard: bool | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         _check_args(model, optimizer, every, flush_every, update_every, include, exclude)
-        self.log_dir = _prepare_dir(log_dir, overwrite)
+        self._rank0 = distributed.rank() == 0
+        self.log_dir = _prepare_dir(log_dir, overwrite) if self._rank0 else Path(log_dir or ".")
         self.every, self.flush_every, self.update_every = every, flush_every, update_every
         self.activations, self.flow = activations, flow
         self._model: nn.Module | None = model
@@ -82,13 +84,19 @@ class Scope:
         self._in_flush = False
         self._closed = False
         self._buffers = StepBuffers(flush_every, self._device, {"param": len(self._rows)})
-        self._writer = RunWriter(self.log_dir, _make_sinks(self.log_dir, tensorboard))
+        self._writer: RunWriter | NullWriter = (
+            RunWriter(self.log_dir, _make_sinks(self.log_dir, tensorboard)) if self._rank0 else NullWriter()
+        )
+        self._scaler = scaler
+        self._seen_fwd: set[int] = set()
+        self._clip_fed = False  # set once gradscope.clip hands us its statistics
         self._config = {
             "include": list(include) if include is not None else None,
             "exclude": list(exclude) if exclude is not None else None,
             "every": every, "flush_every": flush_every, "update_every": update_every,
             "activations": activations, "flow": flow, "optimizers": len(opts),
             "model": type(model).__name__, "started": time.time(),
+            "world_size": distributed.world_size(), "amp": scaler is not None,
         }
         self._env = fmt.environment()
         self._write_manifest()
@@ -185,6 +193,11 @@ class Scope:
         for opt in self._optimizers:
             self._handles.append(opt.register_step_pre_hook(hooks.optimizer_pre_hook(self)))
             self._handles.append(opt.register_step_post_hook(hooks.optimizer_post_hook(self)))
+        if self._scaler is not None:
+            self._handles.append(amp.ScalerPatch(self._scaler, self._on_scaler_update))
+        from gradscope.clip import add_listener
+
+        self._handles.append(add_listener(self._on_clip))
 
     # -- step bookkeeping -----------------------------------------------------------------------
     def _scheduled(self) -> bool:
@@ -232,6 +245,7 @@ class Scope:
             self._buffers.put("flow", "norm", slot, torch.where(hit, sumsq.sqrt(), torch.nan).float())
             self._buffers.put("flow", "nonfinite", slot, torch.where(hit, nonfinite, torch.nan).float())
             self._flow_acc.zero_()
+        self._seen_fwd.clear()
         self._recorded += 1
 
     def _flush(self) -> None:
@@ -240,6 +254,8 @@ class Scope:
             if self._rows_dirty:
                 self._write_manifest()
             if len(self._buffers):
+                if distributed.world_size() > 1:
+                    distributed.reduce_nonfinite(self._buffers.filled())
                 finish = self._buffers.take()
                 self._writer.submit(lambda: self._writer.write_chunk(finish()))
             if self._events:
@@ -261,21 +277,34 @@ class Scope:
 
     # -- hooks (called from hooks.py) ------------------------------------------------------------
     def _on_forward(self, mi: int, module: nn.Module, output: Any) -> None:
-        if self._closed or not module.training or not torch.is_grad_enabled() or hooks.in_backward():
-            return  # eval / no_grad passes and checkpoint recomputes are not training steps
-        self._begin_activity()
+        if self._closed:
+            return
         info = self._modules[mi][1]
-        if info.depth is None:
+        recompute = hooks.in_backward()  # activation checkpointing re-running forward in backward
+        if info.depth is None and not recompute:
+            self._assign_depth(mi, info)  # depth is call order, whatever the pass
+        if not module.training or not torch.is_grad_enabled():
+            return  # eval and no_grad passes are not training steps
+        if not recompute:
+            self._begin_activity()
+        elif info.depth is None:
             self._assign_depth(mi, info)
         if info.act_row is None or not self._scheduled():
             return
+        r = info.act_row
+        if recompute and r in self._seen_fwd:
+            return  # already counted in the forward pass (non-reentrant checkpointing)
+        if not recompute:
+            self._seen_fwd.add(r)
         y = hooks.first_tensor(output)
         if y is None:
             return
-        r = info.act_row
+        self._record_activation(r, info.module_type, y)
+
+    def _record_activation(self, r: int, module_type: str, y: Tensor) -> None:
         if self.activations:
-            self._act_acc[r] += F.activation_sums(y, info.module_type)
-            if info.module_type in F.DEAD_UNIT_TYPES:
+            self._act_acc[r] += F.activation_sums(y, module_type)
+            if module_type in F.DEAD_UNIT_TYPES:
                 alive = F.unit_active(y)
                 prev = self._dead_masks.get(r)
                 self._dead_masks[r] = alive if prev is None or prev.shape != alive.shape else prev | alive
@@ -312,9 +341,14 @@ class Scope:
         if self._closed or self._cb_queued:
             return
         self._begin_activity()
-        if not self._scheduled():
+        if not self._scheduled() or self._clip_fed:
             return
         self._cb_queued = True
+        torch.autograd.Variable._execution_engine.queue_callback(self._queue_measure)
+
+    def _queue_measure(self) -> None:
+        # Queued again from a final callback, so it runs after every callback queued during the
+        # backward, DDP's gradient all-reduce finalisation included.
         torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
 
     def _on_backward_end(self) -> None:
@@ -322,13 +356,63 @@ class Scope:
         self._cb_queued = False
         if self._closed:
             return
-        self._pending = self._measure_grads()
+        self._pending = self._measure_grads(unscale=True)
 
-    def _measure_grads(self) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor]:
+    def _measure_grads(self, unscale: bool = False) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor]:
         idx = tuple(i for i in self._trainable if self._params[i].grad is not None)
         grads = [self._params[i].grad for i in idx]
-        norm, maxabs, nonfinite = F.grad_stats(grads, exact_nonfinite=False)  # type: ignore[arg-type]
-        return idx, norm.to(self._device), maxabs.to(self._device), nonfinite.to(self._device)
+        if grads and distributed.is_dtensor(grads[0]):  # type: ignore[arg-type]
+            norm, maxabs, nonfinite = distributed.sharded_grad_stats(grads)  # type: ignore[arg-type]
+        else:
+            norm, maxabs, nonfinite = F.grad_stats(grads, exact_nonfinite=False)  # type: ignore[arg-type]
+        norm, maxabs, nonfinite = norm.to(self._device), maxabs.to(self._device), nonfinite.to(self._device)
+        inv = amp.inv_scale(self._scaler) if unscale else None
+        if inv is not None:  # grads are still multiplied by the loss scale at backward time
+            norm, maxabs = norm * inv.to(self._device), maxabs * inv.to(self._device)
+        return idx, norm, maxabs, nonfinite
+
+    def _on_clip(self, params: list[Tensor], result: Any) -> None:
+        """A gradscope clip measured the gradients: reuse its per-tensor statistics (pre-clip)."""
+        if self._closed or not self._scheduled() or getattr(result, "norm_type", 2.0) != 2.0:
+            return
+        stats = result.per_tensor
+        index = {id(p): i for i, p in enumerate(self._params)}
+        with_grad = [p for p in params if p.grad is not None]
+        if len(with_grad) != stats.norm.numel() or any(id(p) not in index for p in with_grad):
+            return
+        self._record_clip(result)
+        if stats.maxabs is None:
+            return  # the clip measured norms only: keep measuring max |g| ourselves
+        idx = tuple(index[id(p)] for p in with_grad)
+        nonfinite = stats.nonfinite if stats.nonfinite is not None else (~torch.isfinite(stats.maxabs)).float()
+        self._pending = (idx, stats.norm.to(self._device), stats.maxabs.to(self._device),
+                         nonfinite.to(self._device, torch.float32))
+        self._clip_fed = True  # from now on the clip's pass replaces ours
+
+    def _record_clip(self, result: Any) -> None:
+        slot = self._ensure_slot()
+        coef = result.coef.detach().float()
+        self._buffers.put_scalar("clip_coef", slot, coef.min() if coef.dim() else coef)
+        self._buffers.put_scalar("clipped", slot, result.clipped.detach().float().reshape(()))
+
+    def _on_scaler_update(self, scaler: Any) -> None:
+        """Once per iteration, after scaler.step: record the loss scale, and close a skipped step."""
+        if self._closed:
+            return
+        if self._scheduled():
+            slot = self._ensure_slot()
+            scale = getattr(scaler, "_scale", None)
+            if scale is not None:
+                self._buffers.put_scalar("amp_scale", slot, scale.float())
+            skipped = amp.found_inf(scaler, self._optimizers)
+            if skipped is not None:
+                self._buffers.put_scalar("amp_skipped", slot, skipped)
+        if self._optimizers and not self._stepped:
+            # The scaler skipped optimizer.step() (Inf/NaN grads; it synced to decide): still a step.
+            self.event("amp_skip")
+            if self._scheduled():
+                self._record_params()
+            self._stepped = True
 
     def _on_optimizer_pre_step(self, opt: torch.optim.Optimizer) -> None:
         if self._closed or not self._update_sampled():
@@ -384,7 +468,8 @@ class Scope:
         """Write the step's gradient statistics (measured at backward end) and weight norms."""
         slot = self._ensure_slot()
         pending, self._pending = self._pending, None
-        idx, norm, maxabs, nonfinite = pending if pending is not None else self._measure_grads()
+        idx, norm, maxabs, nonfinite = pending if pending is not None else self._measure_grads(
+            unscale=self._scaler is not None and not self._clip_fed)
         self._buffers.put_scalar("grad_norm", slot, F.total_norm(norm))
         src = [k for k, i in enumerate(idx) if i in self._col_of]
         if src:
@@ -478,16 +563,18 @@ def watch(
     update_every: int = 10,
     overwrite: bool = False,
     tensorboard: bool | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Scope:
     """Watch ``model`` (and ``optimizer``): record gradient and activation health to ``log_dir``.
 
     ``include``/``exclude`` are glob patterns on parameter and module names; ``every`` records every
     N-th optimizer step; ``update_every`` samples the update ratio (it needs a weight copy) every N
     recorded steps; ``flush_every`` steps are copied to the host and written at once;
+    ``scaler``: the GradScaler under AMP, so statistics are unscaled and skipped steps recorded;
     ``tensorboard`` mirrors the run into ``log_dir/tb`` (None: when tensorboard is installed).
     """
     return Scope(
         model, optimizer, log_dir=log_dir, include=include, exclude=exclude, every=every,
         flush_every=flush_every, activations=activations, flow=flow, update_every=update_every,
-        overwrite=overwrite, tensorboard=tensorboard,
+        overwrite=overwrite, tensorboard=tensorboard, scaler=scaler,
     )

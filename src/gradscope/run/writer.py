@@ -135,3 +135,19 @@ class RunWriter:
             f.write(text)
         for sink in self.sinks:
             sink.write_events(events)
+
+
+class NullWriter:
+    """The writer of ranks other than 0: accepts everything, writes nothing."""
+
+    path = None
+    errors: list[str] = []
+
+    def submit(self, job: Job) -> None:
+        pass
+
+    def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -116,7 +116,7 @@ class TensorBoardSink:
         if self._writer is None:
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-            self._writer = EventFileWriter(str(self.log_dir), max_queue_size=100, flush_secs=10)
+            self._writer = EventFileWriter(str(self.log_dir), max_queue_size=1000, flush_secs=10)
         summary = summary_pb2.Summary(value=values)
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
@@ -153,20 +153,26 @@ class TensorBoardSink:
                 tags = [row_tag(group, n, d) for n, d in kind_rows[: arr.shape[1]]]
                 rowwise.append((tags, arr, grad_bad if key == "param/grad_norm" else None))
         grads = arrays.get("param/grad_norm")
-        for t, step in enumerate(steps):
-            values = [_scalar(tag, v[t]) for tag, v, always in series if always or not np.isnan(v[t])]
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        value = Summary.Value
+        for t, step in enumerate(steps.tolist()):
+            values = [value(tag=tag, simple_value=float(v[t])) for tag, v, always in series
+                      if always or not np.isnan(v[t])]
             for tags, arr, bad in rowwise:
                 keep = ~np.isnan(arr[t, : len(tags)])
                 if bad is not None:
                     keep |= bad[t, : len(tags)]
-                values += [_scalar(tags[c], arr[t, c]) for c in np.flatnonzero(keep)]
+                cols = np.flatnonzero(keep)
+                values += [value(tag=tags[c], simple_value=v)
+                           for c, v in zip(cols.tolist(), arr[t, cols].tolist(), strict=True)]
             if self.histograms and grads is not None:
                 g = grads[t]
                 g = g[np.isfinite(g) & (g > 0)]
                 if g.size:
                     values.append(_histogram(HIST_TAG, np.log10(g.astype(np.float64))))
             if values:
-                self._emit(int(step), values)
+                self._emit(step, values)
         if self._writer is not None:
             self._writer.flush()
 
@@ -243,12 +249,6 @@ def summary_markdown(run: Any) -> str:
 
 
 # -- protos -----------------------------------------------------------------------------------------
-def _scalar(tag: str, value: Any) -> Any:
-    from tensorboard.compat.proto import summary_pb2
-
-    return summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
-
-
 def _histogram(tag: str, values: np.ndarray, bins: int = 30) -> Any:
     from tensorboard.compat.proto import summary_pb2
 

@@ -42,12 +42,16 @@ def minilm_path() -> Path:
 
 
 def sentences(n: int, seed: int) -> tuple[list[str], list[int]]:
-    """``n`` short synthetic reviews, half positive (label 1) and half negative (label 0)."""
+    """``n`` short synthetic reviews, half positive (label 1) and half negative (label 0); a third
+    are negated ("was not great" is negative), which a frozen bag-of-words view finds harder."""
     rng = random.Random(seed)
     texts, labels = [], []
     for i in range(n):
         label = i % 2
-        word = rng.choice(POSITIVE if label else NEGATIVE)
+        negated = rng.random() < 1 / 3
+        word = rng.choice(POSITIVE if label != negated else NEGATIVE)
+        if negated:
+            word = "not " + word
         texts.append(rng.choice(TEMPLATES).format(s=rng.choice(SUBJECTS), w=word))
         labels.append(label)
     return texts, labels

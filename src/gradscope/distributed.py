@@ -73,6 +73,16 @@ def sharded_grad_stats(grads: Sequence[Tensor], exact_nonfinite: bool = False) -
     return summed[:n].sqrt(), maxabs, nonfinite
 
 
+def norms(tensors: Sequence[Tensor]) -> Tensor:
+    """Per-tensor L2 norms (fp32 vector); DTensors' local parts are reduced over their mesh."""
+    from gradscope import functional as F
+
+    if not tensors or not is_dtensor(tensors[0]):
+        return F.norms(tensors)
+    norm, _, _ = sharded_grad_stats(tensors)
+    return norm
+
+
 def reduce_nonfinite(arrays: dict[str, Tensor]) -> None:
     """Sum non-finite counts of activations and flow over ranks, in place (at flush, on every rank).
 

@@ -381,8 +381,8 @@ class Scope:
         if len(with_grad) != stats.norm.numel() or any(id(p) not in index for p in with_grad):
             return
         self._record_clip(result)
-        if stats.maxabs is None:
-            return  # the clip measured norms only: keep measuring max |g| ourselves
+        if stats.maxabs is None or distributed.is_dtensor(stats.norm):
+            return  # norms only, or sharded partials: keep measuring ourselves
         idx = tuple(index[id(p)] for p in with_grad)
         nonfinite = stats.nonfinite if stats.nonfinite is not None else (~torch.isfinite(stats.maxabs)).float()
         self._pending = (idx, stats.norm.to(self._device), stats.maxabs.to(self._device),
@@ -391,9 +391,14 @@ class Scope:
 
     def _record_clip(self, result: Any) -> None:
         slot = self._ensure_slot()
-        coef = result.coef.detach().float()
+        coef, clipped = result.coef.detach(), result.clipped.detach()
+        if distributed.is_dtensor(coef):  # every rank clips, so this collective is matched
+            coef = coef.full_tensor()
+        if distributed.is_dtensor(clipped):
+            clipped = clipped.full_tensor()
+        coef = coef.float()
         self._buffers.put_scalar("clip_coef", slot, coef.min() if coef.dim() else coef)
-        self._buffers.put_scalar("clipped", slot, result.clipped.detach().float().reshape(()))
+        self._buffers.put_scalar("clipped", slot, clipped.float().reshape(()))
 
     def _on_scaler_update(self, scaler: Any) -> None:
         """Once per iteration, after scaler.step: record the loss scale, and close a skipped step."""
@@ -435,8 +440,8 @@ class Scope:
         if before is not None:
             cols = self._opt_cols(opt)
             after = [self._watched[c].detach() for c in cols]
-            weight = F.norms(after).to(self._device)
-            delta = F.norms(torch._foreach_sub(after, before)).to(self._device)
+            weight = distributed.norms(after).to(self._device)
+            delta = distributed.norms(torch._foreach_sub(after, before)).to(self._device)
             idx = self._device_index(cols)
             self._buffers.put("param", "weight_norm", slot, weight, cols=idx)
             self._buffers.put("param", "update_ratio", slot, delta / weight, cols=idx)
@@ -482,7 +487,7 @@ class Scope:
             owned = {c for opt in self._optimizers for c in self._opt_cols(opt)}
             cols = [c for c in range(len(self._watched)) if c not in owned]
             if cols:
-                weight = F.norms([self._watched[c].detach() for c in cols]).to(self._device)
+                weight = distributed.norms([self._watched[c].detach() for c in cols]).to(self._device)
                 self._buffers.put("param", "weight_norm", slot, weight, cols=self._device_index(cols))
 
 

@@ -31,7 +31,7 @@ _F32 = torch.float32
 
 def fits(grads: Sequence[Tensor], p: float) -> bool:
     """Whether this path takes ``grads``: all CPU floating-point tensors and ``p > 0``."""
-    return p > 0 and all(g.device.type == "cpu" and g.dtype.is_floating_point for g in grads)
+    return p > 0 and all(g.is_cpu and g.is_floating_point() for g in grads)
 
 
 def _by_dtype(grads: Sequence[Tensor]) -> list[tuple[torch.dtype, list[int] | None]]:
@@ -53,7 +53,8 @@ def _foreach_norms(grads: Sequence[Tensor], p: float) -> Tensor:
         group = grads if idx is None else [grads[i] for i in idx]
         norms = torch._foreach_norm(group, p, **kw)
         if idx is None:
-            return torch.stack(norms).to(_F32)
+            stacked = torch.stack(norms)
+            return stacked if dtype is not torch.float64 else stacked.to(_F32)
         for i, n in zip(idx, norms, strict=True):
             out[i] = n
     return torch.stack([n.to(_F32) for n in out])  # type: ignore[union-attr]
@@ -94,8 +95,8 @@ def measure(grads: Sequence[Tensor], max_norm: float | Tensor, p: float, stats: 
         mx = maxabs(grads) if full else None
         norm = _foreach_norms(grads, p)
         total = torch.linalg.vector_norm(norm, p)
-    finite = bool(torch.isfinite(total))  # CPU: no device sync. Finite total => every norm finite.
+    finite = math.isfinite(total.item())  # CPU: no device sync. Finite total => every norm finite.
     nonfinite = _nonfinite(grads, norm, finite)
     coef = clip_coef(total, max_norm)
     found = torch.zeros((), dtype=_F32) if finite else torch.ones((), dtype=_F32)
-    return Finalized(norm, mx, nonfinite, total, coef, found, 1.0 / coef)
+    return Finalized(norm, mx, nonfinite, total, coef, found, coef.reciprocal())

@@ -200,8 +200,13 @@ class Finalized:
 
 
 def clip_coef(total: Tensor, max_norm: float | Tensor) -> Tensor:
-    """``min(max_norm / (total + 1e-6), 1)`` as torch computes it: a NaN total gives a NaN coefficient."""
-    return torch.clamp(max_norm / (total + CLIP_EPS), max=1.0)
+    """``min(max_norm / (total + 1e-6), 1)`` as torch computes it: a NaN total gives a NaN coefficient.
+
+    (torch's ``float / tensor`` is ``tensor.reciprocal() * float``: the same ops, in place here.)
+    """
+    if isinstance(max_norm, Tensor):
+        return torch.clamp(max_norm / (total + CLIP_EPS), max=1.0)
+    return (total + CLIP_EPS).reciprocal_().mul_(max_norm).clamp_(max=1.0)
 
 
 def finalize(parts: Sequence[Tensor], layout: Layout, p: float, max_norm: float) -> Finalized:
@@ -229,7 +234,11 @@ def scale_(tensors: Sequence[Tensor], coef: Tensor) -> None:
     """``g *= coef`` for every tensor; on CPU skipped when ``coef >= 1`` (NaN still multiplies, as torch)."""
     if not tensors:
         return
-    if coef.device.type == "cpu" and bool(coef >= 1.0):  # CPU: no device sync
+    if coef.is_cpu and coef.item() >= 1.0:  # CPU: reading the value is no device sync
+        return
+    d0 = tensors[0].dtype
+    if all(g.dtype is d0 and g.device == coef.device for g in tensors):  # the common case: one group
+        torch._foreach_mul_(tensors, coef)
         return
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
     for g in tensors:

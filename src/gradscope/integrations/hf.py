@@ -7,7 +7,8 @@ At ``on_train_begin`` the Trainer has built its optimizer; the callback watches 
 torch optimizer inside accelerate's wrapper. The Scope measures the gradients when each backward
 ends, so under gradient accumulation it records the accumulated gradients once per optimizer step,
 before the Trainer clips them to ``max_grad_norm``: ``run.scalars["grad_norm"]`` is the same number
-as the Trainer's logged ``grad_norm``. The loss (mean of the micro-batches' ``outputs.loss``) is
+as the Trainer's logged ``grad_norm``. Under fp16 the callback hands accelerate's GradScaler to the
+Scope, so the statistics are unscaled. The loss (mean of the micro-batches' ``outputs.loss``) is
 logged on the device, without a host sync. Only the main process (world rank 0) records.
 """
 
@@ -78,8 +79,12 @@ class GradScopeCallback(TrainerCallback):
                             "pass optimizers=(...) a torch.optim.Optimizer")
         base = self.log_dir or Path(args.output_dir) / "gradscope"
         self.log_dir = base if self.overwrite else free_run_dir(base)
+        kwargs = dict(self.watch_kwargs)
+        scaler = getattr(optimizer, "scaler", None)  # accelerate's GradScaler under fp16
+        if isinstance(scaler, torch.amp.GradScaler):
+            kwargs.setdefault("scaler", scaler)
         self.scope = watch(model, opt, log_dir=self.log_dir, overwrite=self.overwrite,
-                           tensorboard=self.tensorboard, **self.watch_kwargs)
+                           tensorboard=self.tensorboard, **kwargs)
         self.scope.event("trainer", gradient_accumulation_steps=args.gradient_accumulation_steps,
                          max_grad_norm=args.max_grad_norm, learning_rate=args.learning_rate,
                          per_device_train_batch_size=args.per_device_train_batch_size,

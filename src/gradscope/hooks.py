@@ -46,7 +46,7 @@ def flow_hook(scope: Scope, row: int) -> Callable[[Tensor], None]:
 
 def accumulate_grad_hook(scope: Scope) -> Callable[[Tensor], None]:
     def hook(param: Tensor) -> None:
-        scope._on_grad_accumulated()
+        scope._on_grad_accumulated(param)
 
     return hook
 

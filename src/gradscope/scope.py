@@ -49,6 +49,7 @@ class Scope:
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         _check_args(model, optimizer, every, flush_every, update_every, include, exclude)
+        model = getattr(model, "_orig_mod", model)  # a torch.compile'd module: name rows as the original
         self._rank0 = distributed.rank() == 0
         self.log_dir = _prepare_dir(log_dir, overwrite) if self._rank0 else Path(log_dir or ".")
         self.every, self.flush_every, self.update_every = every, flush_every, update_every
@@ -173,7 +174,8 @@ class Scope:
     @property
     def write_errors(self) -> list[str]:
         """Errors the writer met (disk full, permissions); empty when everything was written."""
-        return list(self._writer.errors)
+        sinks = getattr(self._writer, "sinks", [])
+        return list(self._writer.errors) + [e for s in sinks for e in getattr(s, "errors", [])]
 
     def __enter__(self) -> Scope:
         return self
@@ -185,8 +187,14 @@ class Scope:
 
     # -- attach ---------------------------------------------------------------------------------
     def _attach(self) -> None:
-        for mi, (module, _) in enumerate(self._modules):
-            self._handles.append(module.register_forward_hook(hooks.forward_hook(self, mi)))
+        if self.activations or self.flow:
+            for mi, (module, _) in enumerate(self._modules):
+                self._handles.append(module.register_forward_hook(hooks.forward_hook(self, mi)))
+        else:
+            # No module hooks at all (nothing to break a torch.compile graph): parameter depth then
+            # comes from the order gradients arrive in the first backward, reversed.
+            self._grad_order: list[int] = []
+            self._param_index = {id(p): i for i, p in enumerate(self._params)}
         acc_hook = hooks.accumulate_grad_hook(self)
         for i in self._trainable:
             self._handles.append(self._params[i].register_post_accumulate_grad_hook(acc_hook))
@@ -337,8 +345,12 @@ class Scope:
         flag = (~torch.isfinite(norm)).to(dt)
         self._flow_acc[r] += torch.stack([torch.ones((), dtype=dt, device=norm.device), norm * norm, flag])
 
-    def _on_grad_accumulated(self) -> None:
-        if self._closed or self._cb_queued:
+    def _on_grad_accumulated(self, param: Tensor) -> None:
+        if self._closed:
+            return
+        if not (self.activations or self.flow) and self._next_depth == 0:
+            self._grad_order.append(self._param_index[id(param)])
+        if self._cb_queued:
             return
         self._begin_activity()
         if not self._scheduled() or self._clip_fed:
@@ -356,7 +368,19 @@ class Scope:
         self._cb_queued = False
         if self._closed:
             return
+        if not (self.activations or self.flow) and self._next_depth == 0:
+            self._depth_from_grad_order()
         self._pending = self._measure_grads(unscale=True)
+
+    def _depth_from_grad_order(self) -> None:
+        """Depth without forward hooks: modules ordered by their gradients' arrival, reversed."""
+        col_module = {c: mi for mi, (_, info) in enumerate(self._modules) for c in info.param_rows}
+        arrived = [self._col_of[i] for i in reversed(self._grad_order) if i in self._col_of]
+        for c in arrived:
+            mi = col_module.get(c)
+            if mi is not None and self._modules[mi][1].depth is None:
+                self._assign_depth(mi, self._modules[mi][1])
+        self._next_depth = max(self._next_depth, 1)
 
     def _measure_grads(self, unscale: bool = False) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor]:
         idx = tuple(i for i in self._trainable if self._params[i].grad is not None)
@@ -495,13 +519,19 @@ def _make_sinks(log_dir: Path, tensorboard: bool | None) -> list[Any]:
     """Extra sinks beside the run directory: TensorBoard when asked for (None: when installed)."""
     from gradscope import _optional
 
-    if tensorboard is None:
+    auto = tensorboard is None
+    if auto:
         tensorboard = _optional.available("tensorboard")
     if not tensorboard:
         return []
-    from gradscope.sinks.tensorboard import TensorBoardSink
+    try:
+        from gradscope.sinks.tensorboard import TensorBoardSink
 
-    return [TensorBoardSink(log_dir / fmt.TB_DIR)]
+        return [TensorBoardSink(log_dir / fmt.TB_DIR)]
+    except ImportError:
+        if auto:  # a broken tensorboard install must not stop watch() when nobody asked for it
+            return []
+        raise
 
 
 def _check_args(model: Any, optimizer: Any, every: int, flush_every: int, update_every: int,

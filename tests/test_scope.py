@@ -356,3 +356,13 @@ def test_step_by_hand_with_optimizer_is_an_error(run_dir):
     with gradscope.watch(model, opt, log_dir=run_dir) as scope:
         with pytest.raises(RuntimeError, match="optimizer.step"):
             scope.step()
+
+
+def test_activation_rows_carry_the_output_shape(run_dir):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt, log_dir=run_dir) as scope:
+        train(model, opt, scope, 1)
+    run = gradscope.load_run(run_dir)
+    assert [r.shape for r in run.rows_of("act")] == [[16, 12], [16, 12], [16, 12], [16, 12], [16, 3]]
+    assert [r.shape for r in run.rows_of("flow")] == [r.shape for r in run.rows_of("act")]

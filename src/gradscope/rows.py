@@ -28,6 +28,7 @@ class ModuleInfo:
     param_rows: list[int] = field(default_factory=list)
     depth: int | None = None
     act_row: int | None = None
+    shape: list[int] | None = None  # output shape at the first recorded call
 
 
 def plan(

@@ -276,9 +276,9 @@ class Scope:
         act = [self._modules[mi][1] for mi in self._act_rows]
         rows = list(self._rows)
         if self.activations:
-            rows += [Row(m.name, "act", m.module_type, [], m.depth) for m in act]
+            rows += [Row(m.name, "act", m.module_type, m.shape or [], m.depth) for m in act]
         if self.flow:
-            rows += [Row(m.name, "flow", m.module_type, [], m.depth) for m in act]
+            rows += [Row(m.name, "flow", m.module_type, m.shape or [], m.depth) for m in act]
         manifest = fmt.make_manifest(rows, self._config, self._env)
         self._writer.submit(lambda: self._writer.write_manifest(manifest))
         self._rows_dirty = False
@@ -307,6 +307,9 @@ class Scope:
         y = hooks.first_tensor(output)
         if y is None:
             return
+        if info.shape is None:
+            info.shape = list(y.shape)
+            self._rows_dirty = True
         self._record_activation(r, info.module_type, y)
 
     def _record_activation(self, r: int, module_type: str, y: Tensor) -> None:

@@ -2,7 +2,8 @@
 
 ``clip_grad_norm_`` is a drop-in for torch's; the clippers share one interface,
 ``clipper(parameters) -> ClipResult``, and ``make_clipper(name, **kwargs)`` builds them by name.
-``add_listener(fn)`` lets a listener (a Scope) receive every ClipResult.
+``add_listener(fn)`` lets a listener (a Scope) receive every ClipResult. ``stats="norm"`` (default)
+measures per-tensor norms and non-finite counts in the norm pass; ``stats="full"`` adds max |g|.
 """
 
 from ._listeners import ListenerHandle, add_listener

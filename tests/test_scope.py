@@ -68,7 +68,7 @@ def test_param_stats_match_float64_reference(run_dir):
             ps = list(model.parameters())
             ref["w"].append([p.detach().double().norm().item() for p in ps])
             ref["upd"].append([(p.detach().double() - b).norm().item() / p.detach().double().norm().item()
-                               for p, b in zip(ps, before)])
+                               for p, b in zip(ps, before, strict=False)])
     run = gradscope.load_run(run_dir)
     assert [r.name for r in run.rows_of("param")] == names
     np.testing.assert_allclose(run.metric("param", "grad_norm"), ref["norm"], rtol=1e-5)
@@ -184,7 +184,7 @@ def test_frozen_and_missing_grads_are_recorded_as_such(run_dir):
 
     model = Branchy()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    with gradscope.watch(model, opt, log_dir=run_dir) as scope:
+    with gradscope.watch(model, opt, log_dir=run_dir):
         for step in range(4):
             model(torch.randn(8, 4), step).pow(2).mean().backward()
             opt.step()
@@ -240,7 +240,7 @@ def test_tied_parameters_and_module_called_twice(run_dir):
     model = Tied()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     idx = torch.randint(0, 10, (4, 5))
-    with gradscope.watch(model, opt, log_dir=run_dir) as scope:
+    with gradscope.watch(model, opt, log_dir=run_dir):
         model(idx).logsumexp(-1).mean().backward()
         grads = {n: p.grad.double().clone() for n, p in model.named_parameters()}
         outs = []

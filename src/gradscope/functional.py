@@ -51,7 +51,7 @@ def norms(tensors: Sequence[Tensor], ord: float = 2.0) -> Tensor:
     result: list[Tensor | None] = [None] * n
     for (_, dtype), idx in groups.items():
         kwargs = {"dtype": torch.float32} if dtype in (torch.float16, torch.bfloat16) else {}
-        for i, t in zip(idx, torch._foreach_norm([tensors[i] for i in idx], ord, **kwargs)):
+        for i, t in zip(idx, torch._foreach_norm([tensors[i] for i in idx], ord, **kwargs), strict=False):
             result[i] = t
     return torch.stack([t.to(out_device, torch.float32) for t in result])  # type: ignore[union-attr]
 

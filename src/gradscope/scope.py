@@ -26,6 +26,7 @@ from gradscope.rows import plan
 from gradscope.run import format as fmt
 from gradscope.run.format import Row
 from gradscope.run.writer import NullWriter, RunWriter
+from gradscope.setup import check_args, make_atexit, make_sinks, prepare_dir
 
 
 class Scope:
@@ -48,10 +49,10 @@ class Scope:
         tensorboard: bool | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
-        _check_args(model, optimizer, every, flush_every, update_every, include, exclude)
+        check_args(model, optimizer, every, flush_every, update_every, include, exclude)
         model = getattr(model, "_orig_mod", model)  # a torch.compile'd module: name rows as the original
         self._rank0 = distributed.rank() == 0
-        self.log_dir = _prepare_dir(log_dir, overwrite) if self._rank0 else Path(log_dir or ".")
+        self.log_dir = prepare_dir(log_dir, overwrite) if self._rank0 else Path(log_dir or ".")
         self.every, self.flush_every, self.update_every = every, flush_every, update_every
         self.activations, self.flow = activations, flow
         self._model: nn.Module | None = model
@@ -86,7 +87,7 @@ class Scope:
         self._closed = False
         self._buffers = StepBuffers(flush_every, self._device, {"param": len(self._rows)})
         self._writer: RunWriter | NullWriter = (
-            RunWriter(self.log_dir, _make_sinks(self.log_dir, tensorboard)) if self._rank0 else NullWriter()
+            RunWriter(self.log_dir, make_sinks(self.log_dir, tensorboard)) if self._rank0 else NullWriter()
         )
         self._scaler = scaler
         self._seen_fwd: set[int] = set()
@@ -102,7 +103,7 @@ class Scope:
         self._env = fmt.environment()
         self._write_manifest()
         self._attach()
-        self._atexit = _make_atexit(weakref.ref(self))
+        self._atexit = make_atexit(weakref.ref(self))
         atexit.register(self._atexit)
 
     # -- public ---------------------------------------------------------------------------------
@@ -516,75 +517,6 @@ class Scope:
             if cols:
                 weight = distributed.norms([self._watched[c].detach() for c in cols]).to(self._device)
                 self._buffers.put("param", "weight_norm", slot, weight, cols=self._device_index(cols))
-
-
-def _make_sinks(log_dir: Path, tensorboard: bool | None) -> list[Any]:
-    """Extra sinks beside the run directory: TensorBoard when asked for (None: when installed)."""
-    from gradscope import _optional
-
-    auto = tensorboard is None
-    if auto:
-        tensorboard = _optional.available("tensorboard")
-    if not tensorboard:
-        return []
-    try:
-        from gradscope.sinks.tensorboard import TensorBoardSink
-
-        return [TensorBoardSink(log_dir / fmt.TB_DIR)]
-    except ImportError:
-        if auto:  # a broken tensorboard install must not stop watch() when nobody asked for it
-            return []
-        raise
-
-
-def _check_args(model: Any, optimizer: Any, every: int, flush_every: int, update_every: int,
-                include: Any, exclude: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"watch() needs a torch.nn.Module as model, got {type(model).__name__}")
-    opts = optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]
-    for opt in opts:
-        if opt is not None and not isinstance(opt, torch.optim.Optimizer):
-            raise TypeError(f"watch() needs a torch.optim.Optimizer (or None), got {type(opt).__name__}")
-    for name, value in (("every", every), ("flush_every", flush_every), ("update_every", update_every)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"watch({name}={value!r}): must be a positive integer")
-    for name, pats in (("include", include), ("exclude", exclude)):
-        if isinstance(pats, str):
-            raise TypeError(f"watch({name}=...) takes a list of glob patterns, e.g. {name}=[{pats!r}]")
-
-
-def _prepare_dir(log_dir: str | os.PathLike[str] | None, overwrite: bool) -> Path:
-    if log_dir is None:
-        log_dir = Path("runs") / time.strftime("gradscope-%Y%m%d-%H%M%S")
-    path = Path(log_dir)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"log_dir {path} exists and is not a directory: choose another log_dir")
-    if (path / fmt.MANIFEST).exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"log_dir {path} already holds a gradscope run; choose a new log_dir, or pass "
-                "overwrite=True to replace it"
-            )
-        _clear_run(path)
-    return path
-
-
-def _clear_run(path: Path) -> None:
-    import shutil
-
-    for name in (fmt.MANIFEST, fmt.EVENTS):
-        (path / name).unlink(missing_ok=True)
-    for name in (fmt.CHUNK_DIR, fmt.TB_DIR):
-        shutil.rmtree(path / name, ignore_errors=True)
-
-
-def _make_atexit(ref: weakref.ReferenceType[Scope]) -> Any:
-    def close_at_exit() -> None:
-        scope = ref()
-        if scope is not None:
-            scope.close()
-
-    return close_at_exit
 
 
 def watch(

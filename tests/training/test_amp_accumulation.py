@@ -30,8 +30,8 @@ def test_amp_grad_scaler_records_unscaled_stats_and_skips(tmp_path):
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.05)
     amp_opt = torch.optim.SGD(amp_model.parameters(), lr=0.05)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=1000)
-    with gradscope.watch(ref_model, ref_opt, log_dir=tmp_path / "ref") as s1, \
-         gradscope.watch(amp_model, amp_opt, log_dir=tmp_path / "amp", scaler=scaler) as s2:
+    with gradscope.watch(ref_model, ref_opt, log_dir=tmp_path / "ref"), \
+         gradscope.watch(amp_model, amp_opt, log_dir=tmp_path / "amp", scaler=scaler):
         for i, (x, y) in enumerate(batches):
             loss = ((ref_model(x) - y) ** 2).mean()
             loss.backward()
@@ -66,11 +66,11 @@ def test_accumulation_k_micro_batches_equal_one_big_batch(tmp_path):
     big, acc = make(), make()
     opt_big = torch.optim.SGD(big.parameters(), lr=0.1)
     opt_acc = torch.optim.SGD(acc.parameters(), lr=0.1)
-    with gradscope.watch(big, opt_big, log_dir=tmp_path / "big") as s1:
+    with gradscope.watch(big, opt_big, log_dir=tmp_path / "big"):
         ((big(x) - y) ** 2).mean().backward()
         opt_big.step()
-    with gradscope.watch(acc, opt_acc, log_dir=tmp_path / "acc") as s2:
-        for xs, ys in zip(x.chunk(4), y.chunk(4)):
+    with gradscope.watch(acc, opt_acc, log_dir=tmp_path / "acc"):
+        for xs, ys in zip(x.chunk(4), y.chunk(4), strict=False):
             (((acc(xs) - ys) ** 2).mean() / 4).backward()
         opt_acc.step()
     a, b = gradscope.load_run(tmp_path / "big"), gradscope.load_run(tmp_path / "acc")
@@ -141,7 +141,7 @@ def test_gradscope_clip_feeds_the_scope(tmp_path):
     model = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     returned, per_param = [], []
-    with gradscope.watch(model, opt, log_dir=tmp_path / "r") as scope:
+    with gradscope.watch(model, opt, log_dir=tmp_path / "r"):
         for x, y in data(4):
             ((model(x) - y) ** 2).mean().backward()
             per_param.append([p.grad.double().norm().item() for p in model.parameters()])

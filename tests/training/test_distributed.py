@@ -25,7 +25,7 @@ def make() -> nn.Sequential:
 def batches():
     g = torch.Generator().manual_seed(3)
     out = []
-    for i in range(STEPS):
+    for _i in range(STEPS):
         x, y = torch.randn(16, 8, generator=g), torch.randn(16, 2, generator=g)
         out.append((x, y))
     return out

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -96,10 +97,60 @@ def _memo(fn: Callable[[Run], Any]) -> Callable[[Run], Any]:
 
 @dataclass
 class Profile:
-    """Per-step values of layers ordered by depth: ``values`` [steps x layers], ``names`` per layer."""
+    """Per-step values of layers ordered by depth: ``values`` [steps x layers], ``names`` per layer,
+    ``types`` the module type of each layer (empty when unknown)."""
 
     names: list[str]
     values: np.ndarray
+    types: list[str] = field(default_factory=list)
+
+
+def role(name: str, loose: bool = False) -> str:
+    """The layer's place inside its block: numeric path parts become ``#`` (``enc.layer.3.q.weight``
+    -> ``enc.layer.#.q.weight``), so the same layer of every block of a stack shares a role. ``loose``
+    also drops digits inside parts (``fc1``, ``fc2`` -> ``fc#``), for hand-numbered layers."""
+    parts = name.split(".")
+    if loose:
+        return ".".join(re.sub(r"\d+", "#", p) for p in parts)
+    return ".".join("#" if p.isdigit() else p for p in parts)
+
+
+def by_role(prof: Profile, min_layers: int) -> list[Profile]:
+    """Sub-profiles of like-for-like layers (same role and module type, depth order).
+
+    When roles repeat (a stack of blocks), every repeated role is a group of >= 2 layers, and the
+    groups together must hold ``min_layers`` layers; exact roles first, then loose ones. Only a net
+    with no repeated role at all is compared as one profile, when it has ``min_layers`` layers.
+    """
+    for loose in (False, True):
+        groups: dict[tuple[str, str], list[int]] = {}
+        for k, n in enumerate(prof.names):
+            groups.setdefault((role(n, loose), prof.types[k] if prof.types else ""), []).append(k)
+        rep = [ks for ks in groups.values() if len(ks) >= 2]
+        if rep:
+            if sum(map(len, rep)) < min_layers:
+                return []
+            return [Profile([prof.names[k] for k in ks], prof.values[:, ks],
+                            [prof.types[k] for k in ks] if prof.types else []) for ks in rep]
+    return [prof] if len(prof.names) >= min_layers else []
+
+
+def amp_skipped(run: Run) -> np.ndarray:
+    """Steps whose optimizer step the AMP GradScaler skipped (scalar ``amp_skipped`` == 1): their
+    gradients overflowed under the loss scale, so their norms say nothing about the model."""
+    s = run.scalars.get("amp_skipped")
+    if s is None:
+        return np.zeros(run.num_steps, bool)
+    with np.errstate(invalid="ignore"):
+        return s >= 0.5
+
+
+def global_norm(run: Run) -> np.ndarray | None:
+    """The global gradient norm as float64, NaN at AMP-skipped steps; None when not recorded."""
+    g = run.scalars.get("grad_norm")
+    if g is None:
+        return None
+    return np.where(amp_skipped(run), np.nan, g.astype(np.float64))
 
 
 @_memo
@@ -129,7 +180,8 @@ def weight_profile(run: Run) -> Profile:
     gn = run.metric("param", "grad_norm")
     numel = np.array([max(1, int(np.prod(rows[c].shape))) for c in cols], dtype=np.float64)
     vals = gn[:, cols].astype(np.float64) / np.sqrt(numel) if cols else np.zeros((gn.shape[0], 0))
-    return Profile([rows[c].name for c in cols], vals)
+    vals[amp_skipped(run)] = np.nan  # overflowed under the loss scale: not the model's gradient
+    return Profile([rows[c].name for c in cols], vals, [rows[c].module_type for c in cols])
 
 
 @_memo
@@ -140,7 +192,9 @@ def flow_profile(run: Run) -> Profile:
     with np.errstate(invalid="ignore"):
         got = np.any(fl > 0, axis=0) if fl.shape[0] else np.zeros(fl.shape[1], bool)
     cols = [c for c in run.depth_order("flow") if got[c] and rows[c].depth is not None]
-    return Profile([rows[c].name for c in cols], fl[:, cols].astype(np.float64))
+    vals = fl[:, cols].astype(np.float64)
+    vals[amp_skipped(run)] = np.nan
+    return Profile([rows[c].name for c in cols], vals, [rows[c].module_type for c in cols])
 
 
 def first_last_ratio(p: Profile) -> np.ndarray:

@@ -8,9 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.diagnose._util import block_reduce, flow_profile, log10_safe, stretch, weight_profile
+from gradscope.diagnose._util import (
+    amp_skipped,
+    block_reduce,
+    flow_profile,
+    global_norm,
+    log10_safe,
+    stretch,
+    weight_profile,
+)
 from gradscope.diagnose.findings import Finding, Severity
-from gradscope.diagnose.vanishing import depth_trend
+from gradscope.diagnose.vanishing import CONSISTENCY, grouped_trend
 from gradscope.run.reader import Run
 
 NAME = "exploding"
@@ -33,10 +41,10 @@ DEFAULTS: dict[str, float] = {
 
 
 def _growth_over_time(run: Run, cfg: dict[str, float]) -> dict[str, Any] | None:
-    g = run.scalars.get("grad_norm")
+    g = global_norm(run)
     if g is None or g.shape[0] < 3:
         return None
-    lg = log10_safe(g.astype(np.float64))
+    lg = log10_safe(g)
     # Short runs (a divergence that hits Inf after a few steps) get short blocks.
     block = max(1, min(int(cfg["block"]), int(np.isfinite(lg).sum()) // 5))
     med = block_reduce(lg[:, None], block)[:, 0]
@@ -49,14 +57,18 @@ def _growth_over_time(run: Run, cfg: dict[str, float]) -> dict[str, Any] | None:
     if growth[k] < np.log10(cfg["time_growth"]):
         return None
     first = int(np.flatnonzero(growth >= np.log10(cfg["time_growth"]))[0])
-    return {"growth_over_time": 10.0 ** growth[k], "first_block": first, "block": block}
+    # Onset: the first step of that block whose norm is past the threshold (the block median is).
+    start = first * block
+    past = np.flatnonzero(lg[start:start + block] - base >= np.log10(cfg["time_growth"]))
+    onset = start + (int(past[0]) if past.size else 0)
+    return {"growth_over_time": 10.0 ** growth[k], "first_block": first, "block": block, "onset": onset}
 
 
 def _overflow(run: Run, cfg: dict[str, float]) -> tuple[np.ndarray, float, list[str]]:
     gm = run.metric("param", "grad_max")
     rows = run.rows_of("param")
     with np.errstate(invalid="ignore"):
-        big = np.isfinite(gm) & (gm >= cfg["overflow"])
+        big = np.isfinite(gm) & (gm >= cfg["overflow"]) & ~amp_skipped(run)[:, None]
     hit = big.any(axis=1) if gm.shape[1] else np.zeros(gm.shape[0], bool)
     with np.errstate(invalid="ignore"):
         peak = float(np.max(np.where(big, gm, 0.0))) if big.any() else 0.0
@@ -66,7 +78,7 @@ def _overflow(run: Run, cfg: dict[str, float]) -> tuple[np.ndarray, float, list[
 
 def suggested_max_norm(run: Run, healthy_until: int) -> float | None:
     """90th percentile of the global norm over healthy steps (before trouble starts)."""
-    g = run.scalars.get("grad_norm")
+    g = global_norm(run)
     if g is None or g.shape[0] == 0:
         return None
     g = g[:healthy_until]
@@ -79,22 +91,25 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     hit = np.zeros(run.num_steps, bool)
     layers: list[str] = []
     parts = []
-    for label, prof in (("weight", weight_profile(run)), ("flow", flow_profile(run))):
-        if len(prof.names) >= 3:
-            d = depth_trend(prof, None, cfg["depth_ratio"], cfg["persist"])
-            if d is not None:
-                ev[f"{label}_ratio_first_last"] = d["ratio"]
-                ev["growth_per_layer"] = d["decay_per_layer"]
-                hit |= d["hit"]
-                layers = layers or prof.names[:1]
-                what = "weight-gradient RMS" if label == "weight" else "output gradient"
-                parts.append(f"the first layer's {what} is {d['ratio']:.1e} times the last layer's")
+    trend_cfg = {"min_layers": 3, "persist": cfg["persist"], "consistency": CONSISTENCY}
+    for label, whole in (("weight", weight_profile(run)), ("flow", flow_profile(run))):
+        got = grouped_trend(whole, None, cfg["depth_ratio"], trend_cfg)
+        if got is None:
+            continue
+        prof, d = got
+        ev[f"{label}_ratio_first_last"] = d["ratio"]
+        ev["growth_per_layer"] = d["decay_per_layer"]
+        hit |= d["hit"]
+        layers = layers or prof.names[:1]
+        what = "weight-gradient RMS" if label == "weight" else "output gradient"
+        parts.append(f"the first layer's {what} is {d['ratio']:.1e} times the last layer's")
     t = _growth_over_time(run, cfg)
     if t is not None:
         ev["growth_over_time"] = t["growth_over_time"]
-        start = t["first_block"] * t["block"]
-        hit[start:] |= True
-        parts.append(f"the global gradient norm grew {t['growth_over_time']:.1e}x from its early value")
+        ev["onset_step"] = int(run.steps[t["onset"]])
+        hit[t["onset"]:] |= True
+        parts.append(f"the global gradient norm grew {t['growth_over_time']:.1e}x from its early value "
+                     f"(past {cfg['time_growth']:.0e}x from step {ev['onset_step']})")
     over, peak, over_layers = _overflow(run, cfg)
     if over.any():
         ev["max_abs_grad"] = peak
@@ -103,7 +118,7 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         parts.append(f"gradient elements reach {peak:.2e} (fp16 overflows at 65504)")
     if not parts:
         return []
-    g = run.scalars.get("grad_norm")
+    g = global_norm(run)
     if g is not None and np.isfinite(g).any():
         ev["max_global_norm"] = float(np.nanmax(np.where(np.isfinite(g), g, np.nan)))
     hits = np.flatnonzero(hit)

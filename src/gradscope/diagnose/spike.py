@@ -5,6 +5,10 @@ outlier rule of ZClip (Kumar et al. 2025, "ZClip: Adaptive Spike Mitigation for 
 with the median/MAD in place of its EMA mean/std so that earlier spikes do not widen the band.
 The trailing window is taken in blocks of ``window`` steps (the previous two blocks), which keeps the
 whole test a handful of vectorised numpy calls even for 100k steps x 500 rows.
+
+The logged loss gets the same test (``loss_factor`` instead of ``factor``): a loss spike at a step
+that also has a gradient spike is evidence on that gradient_spike finding; one without becomes a
+``loss_spike`` finding. Steps the AMP GradScaler skipped are left out (their norms are overflows).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.diagnose._util import log10_safe, nanmedian, weight_profile
+from gradscope.diagnose._util import amp_skipped, global_norm, log10_safe, nanmedian, weight_profile
 from gradscope.diagnose.findings import Finding, Severity
 from gradscope.run.reader import Run
 
@@ -32,9 +36,12 @@ ERROR_FACTOR = 1e3
 MIN_HISTORY = 16
 # At most this many spike steps are reported one by one (the worst ones); the count says the rest.
 MAX_REPORTED = 5
+# A loss 3x the median of the previous steps: losses move less than gradient norms (a bad batch that
+# multiplies the gradient norm by 10 typically doubles or triples the loss), so the bar is lower.
+LOSS_FACTOR = 3.0
 DEFAULTS: dict[str, float] = {
     "window": WINDOW, "z": Z, "factor": FACTOR, "error_factor": ERROR_FACTOR,
-    "min_history": MIN_HISTORY, "max_reported": MAX_REPORTED,
+    "min_history": MIN_HISTORY, "max_reported": MAX_REPORTED, "loss_factor": LOSS_FACTOR,
 }
 _LN10 = np.log(10.0)
 
@@ -64,36 +71,77 @@ def robust_z(x: np.ndarray, window: int, min_history: int) -> tuple[np.ndarray, 
     return z.reshape(nb * w, r)[:t], dev.reshape(nb * w, r)[:t]
 
 
-def _spikes(x: np.ndarray, cfg: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _spikes(x: np.ndarray, cfg: dict[str, float],
+            factor: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         z, dev = robust_z(x, int(cfg["window"]), int(cfg["min_history"]))
-        hit = (z >= cfg["z"]) & (dev >= np.log10(cfg["factor"]))
+        hit = (z >= cfg["z"]) & (dev >= np.log10(cfg["factor"] if factor is None else factor))
     return hit, z, dev
+
+
+def _loss_spikes(run: Run, cfg: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Loss spike mask, z and log10 factor per step (all False when no positive loss is logged)."""
+    t = run.num_steps
+    loss = run.scalars.get("loss")
+    none = np.zeros(t, bool), np.full(t, np.nan), np.full(t, np.nan)
+    if loss is None:
+        return none
+    loss = np.where(amp_skipped(run), np.nan, loss.astype(np.float64))
+    finite = loss[np.isfinite(loss)]
+    if finite.size == 0 or np.mean(finite > 0) < 0.9:  # a loss that can be <= 0 has no log scale
+        return none
+    hit, z, dev = _spikes(log10_safe(loss)[:, None], cfg, cfg["loss_factor"])
+    return hit[:, 0], z[:, 0], dev[:, 0]
 
 
 def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     t = run.num_steps
     if t < cfg["min_history"] + 1:
         return []
-    g = run.scalars.get("grad_norm")
-    glob = log10_safe(g.astype(np.float64))[:, None] if g is not None else np.full((t, 1), np.nan)
+    g = global_norm(run)
+    glob = log10_safe(g)[:, None] if g is not None else np.full((t, 1), np.nan)
     ghit, gz, gdev = _spikes(glob, cfg)
     prof = weight_profile(run)
     lhit, lz, ldev = _spikes(log10_safe(prof.values), cfg) if prof.names else (
         np.zeros((t, 0), bool), np.zeros((t, 0)), np.zeros((t, 0)))
     any_step = ghit[:, 0] | lhit.any(axis=1)
     idx = np.flatnonzero(any_step)
+    loss_hit, loss_z, loss_dev = _loss_spikes(run, cfg)
+    findings = _loss_findings(run, loss_hit & ~any_step, loss_z, loss_dev, cfg)
     if idx.size == 0:
-        return []
+        return findings
     # Rank spike steps by the largest factor (global first, else the worst layer).
     score = np.where(ghit[:, 0], gdev[:, 0], -np.inf)
     if lhit.shape[1]:
         score = np.maximum(score, np.where(lhit, ldev, -np.inf).max(axis=1))
     order = idx[np.argsort(-score[idx], kind="stable")][: int(cfg["max_reported"])]
-    findings = []
     for i in sorted(order):
-        findings.append(_finding(run, int(i), ghit, gz, gdev, prof.names, lhit, lz, ldev, idx.size, cfg))
+        f = _finding(run, int(i), ghit, gz, gdev, prof.names, lhit, lz, ldev, idx.size, cfg)
+        if loss_hit[i]:
+            f.evidence["loss_factor_over_median"] = float(10.0 ** loss_dev[i])
+            f.message = f.message[:-1] + f"; the loss spikes with it ({10.0 ** loss_dev[i]:.1f}x its median)."
+        findings.append(f)
     return findings
+
+
+def _loss_findings(run: Run, hit: np.ndarray, z: np.ndarray, dev: np.ndarray,
+                   cfg: dict[str, float]) -> list[Finding]:
+    """loss_spike findings for the worst ``max_reported`` loss spikes without a gradient spike."""
+    idx = np.flatnonzero(hit)
+    order = idx[np.argsort(-dev[idx], kind="stable")][: int(cfg["max_reported"])]
+    out = []
+    for i in sorted(order):
+        step, factor = int(run.steps[i]), float(10.0 ** dev[i])
+        ev = {"step": step, "z": float(z[i]), "factor_over_median": factor, "loss": float(
+            run.scalars["loss"][i]), "spike_steps_total": int(idx.size)}
+        msg = (f"Loss spike at step {step}: the loss is {factor:.1f}x the median of the previous "
+               f"{2 * int(cfg['window'])} steps (robust z = {z[i]:.1f}) while the gradient norm stays "
+               "in its usual range.")
+        remedy = ("Look at the batch of that step (an outlier, mislabelled or corrupted batch); if loss "
+                  "spikes recur, lower the learning rate or add warm-up, and check that the data is "
+                  "shuffled (a run of one class gives a loss jump at each epoch boundary).")
+        out.append(Finding("loss_spike", Severity.WARNING, [], (step, step), ev, msg, remedy))
+    return out
 
 
 def _finding(run: Run, i: int, ghit: np.ndarray, gz: np.ndarray, gdev: np.ndarray, names: list[str],
@@ -109,7 +157,7 @@ def _finding(run: Run, i: int, ghit: np.ndarray, gz: np.ndarray, gdev: np.ndarra
     factor = 10.0 ** dev
     ev: dict[str, Any] = {"step": step, "z": z, "factor_over_median": factor,
                           "layers_spiking": len(layers), "spike_steps_total": total}
-    g = run.scalars.get("grad_norm")
+    g = global_norm(run)
     if g is not None and np.isfinite(g[i]):
         ev["global_norm"] = float(g[i])
     sev = Severity.ERROR if factor >= cfg["error_factor"] else Severity.WARNING

@@ -1,10 +1,16 @@
 """vanishing_gradient: gradients shrink with depth by orders of magnitude (Hochreiter 1991;
 Glorot & Bengio 2010, "Understanding the difficulty of training deep feedforward neural networks").
 
-Two depth profiles are compared first layer against last, step by step: the RMS gradient of each dense
-weight (norm / sqrt(numel), so layer shapes do not masquerade as decay) and the norm of the gradient
-flowing into each module's output. Flagged when the ratio stays below ``ratio`` on at least ``persist``
-of the recorded steps.
+Two depth profiles are used: the RMS gradient of each dense weight (norm / sqrt(numel), so layer
+shapes do not masquerade as decay) and the norm of the gradient flowing into each module's output.
+Only like-for-like layers are compared: the same role in each block of a stack (the query projection
+of every transformer block, the n-th Linear of an MLP: see ``_util.by_role``), because layers of
+different roles differ by orders of magnitude for reasons that have nothing to do with depth (at
+random init an attention query/key weight gets ~1e-3 of the gradient of the value weight beside it,
+since near-uniform softmax passes little gradient to the logits). Within a role, flagged when first /
+last stays below ``ratio`` on at least ``persist`` of the steps and the decay is consistent: the
+median gradient grows from each layer to the next on at least ``consistency`` of adjacent pairs.
+Embeddings (sparse) and norm gains/biases (1-D) are never in the weight profile.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import numpy as np
 
 from gradscope.diagnose._util import (
     Profile,
+    by_role,
     first_last_ratio,
     flow_profile,
     nanmedian,
+    role,
     stretch,
     weight_profile,
 )
@@ -35,16 +43,32 @@ ERROR_RATIO = 1e-5
 PERSIST = 0.5
 # "With depth" needs at least three layers to mean anything.
 MIN_LAYERS = 3
+# Two in three adjacent pairs must decay toward the input: noise reorders neighbours of a healthy
+# stack about half the time, a vanishing stack decays at (almost) every layer.
+CONSISTENCY = 2 / 3
 DEFAULTS: dict[str, float] = {
     "ratio": RATIO, "error_ratio": ERROR_RATIO, "persist": PERSIST, "min_layers": MIN_LAYERS,
+    "consistency": CONSISTENCY,
 }
 
 BOUNDED = ("Sigmoid", "Tanh", "Hardsigmoid", "Hardtanh", "Softsign")
 
 
+def consistent(prof: Profile, shrinking: bool) -> float:
+    """Share of adjacent layer pairs whose median grows toward the output (``shrinking`` toward the
+    input), or shrinks toward the output when not ``shrinking``."""
+    vals = prof.values[:: max(1, prof.values.shape[0] // 10_000)]
+    med = nanmedian(np.where(np.isfinite(vals), vals, np.nan), axis=0)
+    pairs = [(a, b) for a, b in zip(med[:-1], med[1:], strict=True) if np.isfinite(a) and np.isfinite(b)]
+    if not pairs:
+        return 0.0
+    return sum((a < b) if shrinking else (a > b) for a, b in pairs) / len(pairs)
+
+
 def depth_trend(prof: Profile, low: float | None, high: float | None,
-                persist: float) -> dict[str, Any] | None:
-    """Evidence when first/last stays below ``low`` (or above ``high``) on ``persist`` of the steps."""
+                persist: float, consistency: float = 0.0) -> dict[str, Any] | None:
+    """Evidence when first/last stays below ``low`` (or above ``high``) on ``persist`` of the steps
+    and at least ``consistency`` of adjacent layer pairs move the same way."""
     r = first_last_ratio(prof)
     valid = ~np.isnan(r)
     n = int(valid.sum())
@@ -56,9 +80,26 @@ def depth_trend(prof: Profile, low: float | None, high: float | None,
     beyond = med < low if low is not None else med > high
     if frac < persist or not beyond:
         return None
+    share = consistent(prof, low is not None)
+    if share < consistency:
+        return None
     layers = len(prof.names)
     return {"ratio": med, "decay_per_layer": med ** (1.0 / (layers - 1)) if med > 0 else 0.0,
-            "frac_steps": frac, "hit": hit, "layers_measured": layers}
+            "frac_steps": frac, "hit": hit, "layers_measured": layers, "consistency": share}
+
+
+def grouped_trend(prof: Profile, low: float | None, high: float | None,
+                  cfg: dict[str, float]) -> tuple[Profile, dict[str, Any]] | None:
+    """The worst like-for-like group (by_role) whose depth trend passes, with its evidence."""
+    best = None
+    for group in by_role(prof, max(2, int(cfg["min_layers"]))):
+        ev = depth_trend(group, low, high, cfg["persist"], cfg.get("consistency", 0.0))
+        if ev is None:
+            continue
+        score = ev["ratio"] if low is not None else -ev["ratio"]
+        if best is None or score < best[2]:
+            best = (group, ev, score)
+    return (best[0], best[1]) if best else None
 
 
 def _affected(prof: Profile, factor: float) -> list[str]:
@@ -70,14 +111,11 @@ def _affected(prof: Profile, factor: float) -> list[str]:
 
 
 def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
-    w, f = weight_profile(run), flow_profile(run)
-    min_layers = max(2, int(cfg["min_layers"]))
     found = {}
-    for label, prof in (("weight", w), ("flow", f)):
-        if len(prof.names) >= min_layers:
-            ev = depth_trend(prof, cfg["ratio"], None, cfg["persist"])
-            if ev is not None:
-                found[label] = (prof, ev)
+    for label, whole in (("weight", weight_profile(run)), ("flow", flow_profile(run))):
+        got = grouped_trend(whole, cfg["ratio"], None, cfg)
+        if got is not None:
+            found[label] = got
     if not found:
         return []
     label = "weight" if "weight" in found else "flow"
@@ -89,11 +127,14 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         "decay_per_layer": ev["decay_per_layer"],
         "frac_steps": ev["frac_steps"],
         "layers_measured": ev["layers_measured"],
+        "consistency": ev["consistency"],
+        "compared": role(prof.names[0]) if len(set(map(role, prof.names))) == 1 else "all layers",
     }
     sev = Severity.ERROR if ratio < cfg["error_ratio"] else Severity.WARNING
     layers = _affected(prof, cfg["ratio"] ** 0.5) or [prof.names[0]]
     what = "weight-gradient RMS" if label == "weight" else "gradient flowing into the module outputs"
-    msg = (f"Gradients vanish with depth: the first layer's {what} is {ratio:.1e} times the last "
+    among = "" if evidence["compared"] == "all layers" else f" (comparing {evidence['compared']} across blocks)"
+    msg = (f"Gradients vanish with depth{among}: the first layer's {what} is {ratio:.1e} times the last "
            f"layer's (x{ev['decay_per_layer']:.2f} per layer over {ev['layers_measured']} layers) on "
            f"{ev['frac_steps']:.0%} of steps; {prof.names[0]} hardly trains.")
     return [Finding("vanishing_gradient", sev, layers, stretch(run.steps, ev["hit"]), evidence, msg,

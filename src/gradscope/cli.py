@@ -33,18 +33,40 @@ def main() -> None:
     """
 
 
+def _is_tensorboard_log(path: Path) -> bool:
+    """A directory without a gradscope manifest.json that holds TensorBoard event files."""
+    from gradscope.run import format as fmt
+
+    if not path.is_dir() or (path / fmt.MANIFEST).exists():
+        return False
+    return any(p.is_file() for p in path.rglob("events.out.tfevents.*"))
+
+
+def _load_one(path: Path):  # noqa: ANN202 (Run, imported lazily)
+    """A gradscope run directory, or the scalars of a TensorBoard log written by another tool."""
+    from gradscope._optional import MissingDependencyError
+    from gradscope.run.reader import load_run
+
+    if _is_tensorboard_log(path):
+        from gradscope.tbread import load_tensorboard
+
+        try:
+            return load_tensorboard(path)
+        except MissingDependencyError as exc:
+            fail(str(exc))
+    return load_run(path)
+
+
 def _load_runs(paths: tuple[Path, ...]) -> list:  # noqa: ANN202 (Run, imported lazily)
     """Load every run or exit 2 naming the bad one; reader warnings (torn chunks...) go to stderr."""
     import warnings
-
-    from gradscope.run.reader import load_run
 
     runs = []
     for path in paths:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                runs.append(load_run(path))
+                runs.append(_load_one(path))
         except RunError as exc:
             fail(str(exc))
         except OSError as exc:
@@ -89,6 +111,10 @@ def analyze(runs: tuple[Path, ...], fmt: str, plots: Path | None, fail_on: str |
             steps_text: str | None, layers: tuple[str, ...], sets: tuple[str, ...],
             config: Path | None) -> None:
     """Diagnose recorded RUN directories: verdict, findings with fixes, gradient norms by depth.
+
+    A RUN may also be a TensorBoard log directory of another tool (a transformers Trainer's
+    logging_dir: train/grad_norm, train/loss): its scalars get the checks that need no per-layer
+    statistics (gradient and loss spikes, explosion, NaN/Inf).
 
     Exit code: 0 normally, 1 when --fail-on is met, 2 for bad input.
     """

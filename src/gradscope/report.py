@@ -47,6 +47,65 @@ def _fmt(x: float) -> str:
     return "-" if x != x else f"{x:.3g}"
 
 
+def scalar_summary(run: Run) -> list[dict[str, Any]]:
+    """One dict per per-step scalar: first/last/median/min/max of its finite values, non-finite count.
+
+    A NaN of a TensorBoard-read run may only mean "not logged at that step", so ``nonfinite`` counts
+    Inf only there."""
+    out = []
+    tb = run.manifest.get("format") == "tensorboard"
+    for name in sorted(run.scalars):
+        a = run.scalars[name].astype(np.float64)
+        fin = a[np.isfinite(a)]
+        bad = int(np.isinf(a).sum()) if tb else int((~np.isfinite(a)).sum())
+        stats = ((float(fin[0]), float(fin[-1]), float(np.median(fin)), float(fin.min()), float(fin.max()))
+                 if fin.size else (float("nan"),) * 5)
+        out.append(dict(zip(("name", "first", "last", "median", "min", "max"), (name, *stats), strict=True))
+                   | {"nonfinite": bad, "steps_logged": int(fin.size)})
+    return out
+
+
+def scalar_table(run: Run, title: str | None = None) -> Any:
+    """A rich Table of scalar_summary(run) (runs without per-layer rows)."""
+    from rich.table import Table
+
+    table = Table(title=title or f"{run.path}: {run.num_steps} steps, scalars")
+    for col in ("scalar", "logged", "first", "last", "median", "min", "max", "non-finite"):
+        table.add_column(col, justify="left" if col == "scalar" else "right")
+    for r in scalar_summary(run):
+        table.add_row(r["name"], str(r["steps_logged"]), *(_fmt(r[k]) for k in ("first", "last", "median",
+                                                                                "min", "max")),
+                      str(r["nonfinite"]))
+    return table
+
+
+def loss_scale(run: Run) -> dict[str, Any] | None:
+    """AMP loss-scale range {min, max, last, skipped} when the run recorded ``amp_scale``."""
+    scale = run.scalars.get("amp_scale")
+    if scale is None or not np.isfinite(scale).any():
+        return None
+    fin = np.flatnonzero(np.isfinite(scale))
+    skipped = run.scalars.get("amp_skipped")
+    n = int(np.nansum(skipped >= 0.5)) if skipped is not None else 0
+    return {"min": float(np.nanmin(scale)), "max": float(np.nanmax(scale)), "last": float(scale[fin[-1]]),
+            "skipped_steps": n}
+
+
+def _scale_txt(s: dict[str, Any]) -> str:
+    def p2(x: float) -> str:
+        e = np.log2(x) if x > 0 else np.nan
+        return f"2^{int(e)}" if np.isfinite(e) and e == int(e) else f"{x:.3g}"
+
+    return (f"AMP loss scale {p2(s['min'])} .. {p2(s['max'])} (last {p2(s['last'])}), "
+            f"{s['skipped_steps']} step{'s' if s['skipped_steps'] != 1 else ''} skipped by the GradScaler")
+
+
+def _rows_txt(run: Run) -> str:
+    if not run.rows and run.manifest.get("format") == "tensorboard":
+        return f"scalars only ({', '.join(sorted(run.scalars))}), from a TensorBoard log"
+    return f"{len(run.rows)} rows"
+
+
 def layer_table(run: Run, title: str | None = None) -> Any:
     """A rich Table of layer_summary(run)."""
     from rich.table import Table
@@ -94,7 +153,9 @@ def report_json(run: Run, findings: list[Finding]) -> dict[str, Any]:
         "schema": FINDINGS_SCHEMA,
         "run": str(run.path),
         "summary": {"steps": run.num_steps, "rows": len(run.rows), "first_step": first, "last_step": last,
-                    "verdict": verdict(findings), **counts(findings)},
+                    "verdict": verdict(findings), **counts(findings),
+                    "source": "tensorboard" if run.manifest.get("format") == "tensorboard" else "gradscope",
+                    **({"loss_scale": loss_scale(run)} if loss_scale(run) else {})},
         "findings": [f.to_json() for f in findings],
     }
 
@@ -123,7 +184,10 @@ def render_text(run: Run, findings: list[Finding], console: Any, table: bool = T
     c = counts(findings)
     style = "bold red" if c["error"] else "yellow" if c["warning"] else "bold green"
     console.print(f"[{style}]{escape(verdict(findings))}[/]  {escape(str(run.path))}: "
-                  f"{run.num_steps} steps, {len(run.rows)} rows")
+                  f"{run.num_steps} steps, {escape(_rows_txt(run))}", soft_wrap=True)
+    scale = loss_scale(run)
+    if scale:
+        console.print(_scale_txt(scale))
     for sev in _ORDER:
         group = [f for f in findings if f.severity.value == sev]
         if not group:
@@ -138,7 +202,7 @@ def render_text(run: Run, findings: list[Finding], console: Any, table: bool = T
             console.print(f"  [green]fix:[/] {escape(f.remedy)}", soft_wrap=True)
     if table:
         console.print()
-        console.print(layer_table(run))
+        console.print(layer_table(run) if run.rows_of("param") or not run.scalars else scalar_table(run))
 
 
 def _md(text: str) -> str:
@@ -148,7 +212,10 @@ def _md(text: str) -> str:
 def render_markdown(run: Run, findings: list[Finding], table: bool = True) -> str:
     """The report as GitHub markdown: verdict, findings by severity, layer table."""
     lines = [f"# gradscope report: `{run.path}`", "",
-             f"**Verdict: {verdict(findings)}** ({run.num_steps} steps, {len(run.rows)} rows)", ""]
+             f"**Verdict: {verdict(findings)}** ({run.num_steps} steps, {_rows_txt(run)})", ""]
+    scale = loss_scale(run)
+    if scale:
+        lines += [_scale_txt(scale) + ".", ""]
     for sev in _ORDER:
         group = [f for f in findings if f.severity.value == sev]
         if not group:
@@ -167,7 +234,14 @@ def render_markdown(run: Run, findings: list[Finding], table: bool = True) -> st
             ev = f.to_json()["evidence"]
             lines.append("Evidence: " + ", ".join(f"{k} = {_num(v)}" for k, v in ev.items()))
             lines.append("")
-    if table:
+    if table and not run.rows_of("param") and run.scalars:
+        lines += ["## Scalars", "", "| scalar | logged | first | last | median | min | max | non-finite |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| `{_md(r['name'])}` | {r['steps_logged']} | "
+                  + " | ".join(_fmt(r[k]) for k in ("first", "last", "median", "min", "max"))
+                  + f" | {r['nonfinite']} |" for r in scalar_summary(run)]
+        lines.append("")
+    elif table:
         lines += ["## Gradient norm by depth", "",
                   "| depth | parameter | type | first | last | median | non-finite |",
                   "| ---: | --- | --- | ---: | ---: | ---: | ---: |"]

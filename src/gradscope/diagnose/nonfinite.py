@@ -5,6 +5,15 @@ from lower depths, which were finite). Backward (no output non-finite): gradient
 to low, so the producer is the module whose input gradient went non-finite while the gradient into
 its output was still finite: the module just above the highest-depth non-finite flow row. Without
 flow rows, the highest-depth parameter with a non-finite gradient.
+
+Runs read from a TensorBoard log (scalars only) have no rows: the origin is the loss or the global
+norm (phase ``loss`` / ``global``, no layer). There a NaN also fills steps where a tag logged nothing,
+so a NaN counts only at a step where a companion tag of the same logging cadence (loss, grad_norm,
+lr) has a value, or where no tag has a finite value (the step exists because something logged NaN).
+
+Under AMP the GradScaler skips the optimizer step when the scaled gradients overflow and lowers the
+loss scale: such steps (scalar ``amp_skipped`` == 1) are expected and are not errors. They are
+counted in an ``amp_overflow`` finding: info, or a warning past ``amp_warn_frac`` of the steps.
 """
 
 from __future__ import annotations
@@ -13,12 +22,23 @@ from typing import Any
 
 import numpy as np
 
+from gradscope.diagnose._util import amp_skipped
 from gradscope.diagnose.findings import Finding, Severity
 from gradscope.run.reader import Run
 
 NAME = "nonfinite"
-# Any non-finite value is an error; nothing to tune but whether to report at all.
-DEFAULTS: dict[str, float] = {"enabled": 1}
+# Any non-finite value outside an AMP-skipped step is an error.
+# GradScaler (growth_interval=2000, backoff 0.5) skips about one step per 2000 once the scale has
+# settled (it grows, overflows once, backs off), plus a few consecutive skips at the start while a
+# too-high init_scale is halved down. Past 5 % of the steps after that calibration, overflows are
+# not the scale probing its ceiling: values overflow (or are NaN) whatever the scale, and each skip
+# throws a batch away. At least 3 such skips, so that one skip in a short run is not 5 %.
+AMP_WARN_FRAC = 0.05
+AMP_MIN_SKIPS = 3
+DEFAULTS: dict[str, float] = {"enabled": 1, "amp_warn_frac": AMP_WARN_FRAC, "amp_min_skips": AMP_MIN_SKIPS}
+# Scalars a training loop logs together at each logging step (a transformers Trainer: loss,
+# grad_norm, learning_rate): a value of one at a step marks a logging step for the others.
+PER_STEP = ("loss", "grad_norm", "lr")
 
 
 def _bad(a: np.ndarray) -> np.ndarray:
@@ -27,17 +47,42 @@ def _bad(a: np.ndarray) -> np.ndarray:
         return a > 0  # NaN > 0 is False
 
 
+def scalar_only(run: Run) -> bool:
+    """A run with scalars and no rows (read from a TensorBoard log of another tool)."""
+    return run.manifest.get("format") == "tensorboard" or (not run.rows and bool(run.scalars))
+
+
 def _loss_bad(run: Run) -> np.ndarray:
     """Steps whose logged loss is non-finite. NaN also means "not logged", so a NaN counts only after
     a prefix of at least 3 steps that all logged a value (the loss is logged every step)."""
     loss = run.scalars.get("loss")
     if loss is None:
         return np.zeros(run.num_steps, bool)
+    if scalar_only(run):
+        return logged_nonfinite(run, "loss")
     bad = np.isinf(loss)
     nan = np.flatnonzero(np.isnan(loss))
     if nan.size and nan[0] >= 3:
         bad[nan[0]:] |= np.isnan(loss[nan[0]:])
     return bad
+
+
+def logged_nonfinite(run: Run, name: str) -> np.ndarray:
+    """Steps where scalar ``name`` of a TensorBoard-read run was logged as NaN or Inf (see above)."""
+    a = run.scalars.get(name)
+    if a is None:
+        return np.zeros(run.num_steps, bool)
+    fin = np.isfinite(a)
+    any_other = np.zeros(run.num_steps, bool)
+    companion = np.zeros(run.num_steps, bool)
+    for other, values in run.scalars.items():
+        if other == name:
+            continue
+        c = np.isfinite(values)
+        any_other |= c
+        if other in PER_STEP and fin.sum() >= 3 and c[fin].mean() >= 0.9:
+            companion |= c
+    return np.isinf(a) | (np.isnan(a) & (companion | ~any_other))
 
 
 def _by_depth(run: Run, kind: str, mask: np.ndarray) -> list[int]:
@@ -82,13 +127,23 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     par = _bad(run.metric("param", "grad_nonfinite"))
     loss = _loss_bad(run)
     g = run.scalars.get("grad_norm")
-    gbad = np.isinf(g) if g is not None else np.zeros(run.num_steps, bool)
-    step_bad = act.any(axis=1) | flow.any(axis=1) | par.any(axis=1) | loss | gbad
+    if scalar_only(run):
+        gbad = logged_nonfinite(run, "grad_norm")
+    else:
+        gbad = np.isinf(g) if g is not None else np.zeros(run.num_steps, bool)
+    skipped = amp_skipped(run)
+    step_bad = (act.any(axis=1) | flow.any(axis=1) | par.any(axis=1) | loss | gbad) & ~skipped
+    found = amp_finding(run, skipped, cfg)
     idx = np.flatnonzero(step_bad)
     if idx.size == 0:
-        return []
+        return found
     i = int(idx[0])
-    origin = origin_at(run, i, act, flow, par, bool(loss[i]))
+    if scalar_only(run):
+        phase = "loss" if loss[i] else "global"
+        origin: dict[str, Any] = {"layer": None, "step": int(run.steps[i]), "phase": phase,
+                                  "module_type": None}
+    else:
+        origin = origin_at(run, i, act, flow, par, bool(loss[i]))
     layers = [n for n in [origin["layer"]] if n]
     pnames = [r.name for r, b in zip(run.rows_of("param"), par[i], strict=True) if b]
     ev = {
@@ -106,13 +161,56 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         where = f"the backward of {named}"
     elif origin["phase"] == "loss":
         where = "the loss"
+    elif scalar_only(run):
+        where = "the global gradient norm (the log has no per-layer statistics to locate the producer)"
     else:
         where = "the global gradient norm (it overflowed to Inf while every element was finite)"
     msg = (f"NaN/Inf first appears at step {ev['first_step']} in {where}; {idx.size} of "
            f"{run.num_steps} recorded steps have non-finite values"
            + (f" and {len(pnames)} parameter gradient(s) are non-finite at that step." if pnames else "."))
-    return [Finding("nonfinite", Severity.ERROR, layers, (int(run.steps[i]), int(run.steps[idx[-1]])),
-                    ev, msg, _remedy(origin), origin=origin)]
+    remedy = _remedy(origin)
+    if scalar_only(run):
+        remedy += (" To find the layer that produces it, record the run with gradscope.watch(model, "
+                   "optimizer, log_dir=RUN) and run gradscope analyze RUN.")
+    found.append(Finding("nonfinite", Severity.ERROR, layers, (int(run.steps[i]), int(run.steps[idx[-1]])),
+                         ev, msg, remedy, origin=origin))
+    return found
+
+
+def amp_finding(run: Run, skipped: np.ndarray, cfg: dict[str, float]) -> list[Finding]:
+    """Info (or warning past ``amp_warn_frac``) on the steps the GradScaler skipped."""
+    n = int(skipped.sum())
+    if n == 0:
+        return []
+    ok = np.flatnonzero(~skipped)
+    lead = int(ok[0]) if ok.size else n  # consecutive skips at the start: the scale calibrating
+    later = n - lead
+    frac = later / max(1, run.num_steps - lead)
+    ev: dict[str, Any] = {"skipped_steps": n, "skipped_frac": n / run.num_steps,
+                          "calibration_skips": lead, "skipped_frac_after_calibration": frac}
+    scale = run.scalars.get("amp_scale")
+    if scale is not None and np.isfinite(scale).any():
+        ev["scale_min"] = float(np.nanmin(scale))
+        ev["scale_max"] = float(np.nanmax(scale))
+        ev["scale_last"] = float(scale[np.flatnonzero(np.isfinite(scale))[-1]])
+    warn = frac > cfg["amp_warn_frac"] and later >= cfg["amp_min_skips"]
+    idx = np.flatnonzero(skipped)
+    msg = (f"{n} AMP overflow step{'s' if n != 1 else ''} skipped by the GradScaler "
+           f"({n / run.num_steps:.1%} of {run.num_steps} steps"
+           + (f"; {lead} at the start while the loss scale calibrated" if lead else "") + ").")
+    if warn:
+        msg += (f" {frac:.1%} of the steps after calibration is far more than a settled loss scale "
+                f"skips (about 1 per growth_interval): gradients overflow or are NaN whatever the scale.")
+        remedy = ("Find what overflows: rerun the first skipped step without autocast (or in bf16) and "
+                  "check its loss and gradients for NaN/Inf (a bad batch, log/div by ~0, an fp16 "
+                  "overflow in attention or a softmax); lower the learning rate; if the loss scale "
+                  "keeps falling, the values are NaN in fp32 too, not an fp16 overflow.")
+    else:
+        remedy = ("Nothing to do: under fp16 AMP the GradScaler skips an overflowing step and lowers "
+                  "the loss scale; a few skips (mostly at the start) are expected.")
+    sev = Severity.WARNING if warn else Severity.INFO
+    return [Finding("amp_overflow", sev, [], (int(run.steps[idx[0]]), int(run.steps[idx[-1]])), ev, msg,
+                    remedy)]
 
 
 def _remedy(o: dict[str, Any]) -> str:

@@ -174,7 +174,13 @@ def global_norm(run: Run, findings: list[Finding], path: Path) -> Path:
         idx = np.searchsorted(run.steps, spikes)
         ax.scatter(spikes, g[np.clip(idx, 0, len(g) - 1)], s=60, facecolors="none", edgecolors="red",
                    label="spike")
-    bad = ~np.isfinite(g) | _nonfinite_steps(run)
+    from gradscope.diagnose._util import amp_skipped
+
+    skipped = amp_skipped(run)
+    if skipped.any():
+        ax.scatter(run.steps[skipped], np.full(int(skipped.sum()), top), marker="|", c="grey", s=40,
+                   label="AMP step skipped (overflow)")
+    bad = (~np.isfinite(g) | _nonfinite_steps(run)) & ~skipped
     if bad.any():
         ax.scatter(run.steps[bad], np.full(int(bad.sum()), top), marker="x", c="black", s=18,
                    label="non-finite step")
@@ -205,8 +211,11 @@ def _quiet() -> Any:
 
 
 def write_plots(run: Run, findings: list[Finding], out_dir: str | Path, prefix: str = "") -> list[Path]:
-    """All four figures as PNGs in ``out_dir``; returns their paths."""
+    """All four figures as PNGs in ``out_dir``; returns their paths. A run without per-layer rows
+    (a TensorBoard log of another tool) gets the global-norm figure only."""
     out = Path(out_dir)
+    if not run.rows and run.scalars:
+        return [global_norm(run, findings, out / f"{prefix}global_norm.png")]
     return [
         gradient_flow_heatmap(run, out / f"{prefix}gradient_flow.png"),
         norm_profile(run, out / f"{prefix}norm_profile.png"),

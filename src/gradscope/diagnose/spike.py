@@ -117,8 +117,9 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     order = idx[np.argsort(-score[idx], kind="stable")][: int(cfg["max_reported"])]
     for i in sorted(order):
         f = _finding(run, int(i), ghit, gz, gdev, prof.names, lhit, lz, ldev, idx.size, cfg)
-        if loss_hit[i]:
+        if np.isfinite(loss_dev[i]):  # how the loss moved at that step, spike or not
             f.evidence["loss_factor_over_median"] = float(10.0 ** loss_dev[i])
+        if loss_hit[i]:
             f.message = f.message[:-1] + f"; the loss spikes with it ({10.0 ** loss_dev[i]:.1f}x its median)."
         findings.append(f)
     return findings

@@ -145,9 +145,10 @@ def test_broken_sink_does_not_stop_training(tmp_path, monkeypatch):
     monkeypatch.setattr(TensorBoardSink, "_emit", boom)
     with pytest.warns(RuntimeWarning, match="TensorBoard sink failed"):
         scope = record(tmp_path / "run", steps=5, tensorboard=True)
-    assert scope.write_errors == []  # the run directory itself is complete
-    assert gradscope.load_run(tmp_path / "run").num_steps == 5
+    assert gradscope.load_run(tmp_path / "run").num_steps == 5  # the run directory itself is complete
+    assert scope._writer.errors == []
     assert any("disk full" in e for e in scope._writer.sinks[0].errors)
+    assert any("disk full" in e for e in scope.write_errors)  # sink errors surface to the user
 
 
 # -- a real TensorBoard server ------------------------------------------------------------------------

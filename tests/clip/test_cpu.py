@@ -136,7 +136,7 @@ def test_clip_grad_norm_stats_option(max_norm):
         a, b = mlp(0), mlp(0)
         ref = ref64([p.grad for p in a.parameters()], 2.0, max_norm)
         before = [p.grad.double().clone() for p in a.parameters()]
-        close(C.clip_grad_norm_(a.parameters(), max_norm), ref["total"], rtol=2e-6)
+        close(C.clip_grad_norm_(a.parameters(), max_norm, stats="norm"), ref["total"], rtol=2e-6)
         close(C.clip_grad_norm_(b.parameters(), max_norm, stats="full"), ref["total"], rtol=2e-6)
     finally:
         handle.remove()
@@ -167,3 +167,21 @@ def test_stats_checked_in_functions():
     opt = torch.optim.AdamW(mlp(0).parameters(), fused=True)
     with pytest.raises(ValueError, match="stats must be one of"):
         C.fold_step(opt, [], 1.0, stats="")
+
+
+def test_auto_stats_measure_maxabs_only_while_a_listener_listens():
+    m = mlp(2)
+    ref = ref64([p.grad for p in m.parameters()], 2.0, 1e6)
+    assert C.NormClipper(1e6)(m.parameters()).per_tensor.maxabs is None  # nobody listens: "norm"
+    seen = []
+    handle = C.add_listener(lambda params, result: seen.append(result))
+    try:
+        r = C.NormClipper(1e6)(m.parameters())
+        C.clip_grad_norm_(m.parameters(), 1e6)
+        C.NormClipper(1e6, stats="norm")(m.parameters())  # an explicit choice wins
+    finally:
+        handle.remove()
+    close(r.per_tensor.maxabs, ref["maxabs"], rtol=0)
+    close(seen[1].per_tensor.maxabs, ref["maxabs"], rtol=0)
+    assert seen[2].per_tensor.maxabs is None
+    assert C.NormClipper(1e6)(m.parameters()).per_tensor.maxabs is None  # removed: "norm" again

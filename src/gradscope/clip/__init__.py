@@ -2,8 +2,9 @@
 
 ``clip_grad_norm_`` is a drop-in for torch's; the clippers share one interface,
 ``clipper(parameters) -> ClipResult``, and ``make_clipper(name, **kwargs)`` builds them by name.
-``add_listener(fn)`` lets a listener (a Scope) receive every ClipResult. ``stats="norm"`` (default)
-measures per-tensor norms and non-finite counts in the norm pass; ``stats="full"`` adds max |g|.
+``add_listener(fn)`` lets a listener (a Scope) receive every ClipResult. ``stats="norm"`` measures
+per-tensor norms and non-finite counts in the norm pass; ``"full"`` adds max |g|; ``"auto"`` (default)
+is ``"full"`` while a listener is registered, else ``"norm"``.
 """
 
 from ._listeners import ListenerHandle, add_listener

@@ -34,6 +34,11 @@ def add_listener(fn: Callable) -> ListenerHandle:
     return ListenerHandle(key)
 
 
+def active() -> bool:
+    """Whether any listener is registered (then ``stats="auto"`` measures max |g| for it)."""
+    return bool(_LISTENERS)
+
+
 def notify(parameters: list, result: ClipResult) -> None:
     """Hand ``result`` to every registered listener, in registration order."""
     if _LISTENERS:

@@ -34,7 +34,7 @@ class AutoClip(Clipper):
         history: int = 1000,
         norm_type: float = 2.0,
         backend: str = "auto",
-        stats: str = "norm",
+        stats: str = "auto",
     ) -> None:
         if not 0.0 <= percentile <= 100.0:
             raise ValueError(f"percentile must be in [0, 100], got {percentile}")

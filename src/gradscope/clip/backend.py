@@ -7,7 +7,8 @@ fold values (``found_inf``, ``grad_scale``), all fp32 device tensors:
 * ``torch`` on CPU: ``gradscope.clip.cpu``, torch's ``_foreach_norm`` read pass plus host branches.
 * ``torch`` elsewhere: grouped ``_foreach_norm`` (``functional``), no branch on a value.
 
-``stats`` says what a step pays for (see ``STATS``):
+``stats`` says what a step pays for (see ``STATS``); ``"auto"`` is ``"full"`` while a listener is
+registered (``add_listener``: a Scope uses max |g| and then skips its own pass) and ``"norm"`` otherwise:
 
 * ``"norm"``: per-tensor norms and non-finite information, and max |g| only where it is free (the
   fused Triton pass); elsewhere ``maxabs`` is None. Non-finite counts are exact on CPU and Triton;
@@ -32,10 +33,10 @@ from gradscope._optional import available
 from gradscope.kernels import reference
 from gradscope.kernels.reference import Finalized
 
-from . import cpu
+from . import _listeners, cpu
 
 BACKENDS = ("auto", "triton", "torch")
-STATS = ("norm", "full")
+STATS = ("auto", "norm", "full")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -107,10 +108,12 @@ def _generic(grads: Sequence[Tensor], max_norm: float | Tensor, p: float) -> Fin
 
 
 def measure(
-    grads: Sequence[Tensor], max_norm: float | Tensor, p: float, backend: str, stats: str = "full"
+    grads: Sequence[Tensor], max_norm: float | Tensor, p: float, backend: str, stats: str = "auto"
 ) -> Finalized:
     """Read-only pass over ``grads`` (non-empty): norms, stats, coefficient; ``backend`` resolved."""
     p = float(p)
+    if stats == "auto":
+        stats = "full" if _listeners.active() else "norm"
     if backend == "triton":
         kernel_max = float(max_norm) if not isinstance(max_norm, Tensor) else math.inf
         out = _kernels().norm_stats(grads, kernel_max, p)

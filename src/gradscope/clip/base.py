@@ -51,7 +51,7 @@ class NoClip(Clipper):
 
     name = "none"
 
-    def __init__(self, norm_type: float = 2.0, backend: str = "auto", stats: str = "norm") -> None:
+    def __init__(self, norm_type: float = 2.0, backend: str = "auto", stats: str = "auto") -> None:
         self.norm_type, self.backend, self.stats = float(norm_type), backend, check_stats(stats)
 
     def _clip(self, params: list[Tensor], grads: list[Tensor]) -> ClipResult:

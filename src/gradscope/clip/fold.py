@@ -41,12 +41,12 @@ def fold_step(
     max_norm: float,
     norm_type: float = 2.0,
     backend: str = "auto",
-    stats: str = "norm",
+    stats: str = "auto",
 ) -> ClipResult:
     """Measure the norm, then ``optimizer.step()`` with ``grad_scale = 1/coef`` and ``found_inf``.
 
     Gradients are left unscaled. Returns the ClipResult (also handed to the clip listeners).
-    ``stats``: "norm" or "full", as in ``clip_grad_norm_``.
+    ``stats``: "auto", "norm" or "full", as in ``clip_grad_norm_``.
     """
     check_stats(stats)
     _check_fused(optimizer)

@@ -22,7 +22,7 @@ class LayerClipper(Clipper):
     name = "layer"
 
     def __init__(
-        self, max_norm: float = 1.0, norm_type: float = 2.0, backend: str = "auto", stats: str = "norm"
+        self, max_norm: float = 1.0, norm_type: float = 2.0, backend: str = "auto", stats: str = "auto"
     ) -> None:
         self.max_norm, self.norm_type, self.backend = float(max_norm), float(norm_type), backend
         self.stats = check_stats(stats)

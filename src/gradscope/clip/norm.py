@@ -7,9 +7,10 @@ Deliberate difference from torch: the returned norm is fp32 for every grad dtype
 bf16 norm for bf16 grads (its norm is rounded to 8 bits of mantissa, up to ~0.2 % off the fp32 value),
 and derives its coefficient from it; gradscope accumulates and keeps fp32.
 
-``stats`` picks the per-tensor statistics a step pays for: ``"norm"`` (default: norms and non-finite
-information, read in the same pass as the global norm) or ``"full"`` (also max |g|, one more read off
-the Triton path). See ``gradscope.clip.backend``.
+``stats`` picks the per-tensor statistics a step pays for: ``"norm"`` (norms and non-finite
+information, read in the same pass as the global norm), ``"full"`` (also max |g|, one more read off
+the Triton path) or ``"auto"`` (default: ``"full"`` while a listener such as a Scope is registered,
+else ``"norm"``). See ``gradscope.clip.backend``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .result import ClipResult, empty_result, grads_of, param_list
 
 
 def clip_global(
-    grads: list[Tensor], max_norm: float | Tensor, norm_type: float, backend: str, stats: str = "norm"
+    grads: list[Tensor], max_norm: float | Tensor, norm_type: float, backend: str, stats: str = "auto"
 ) -> ClipResult:
     """Measure, then ``g *= coef`` (skipped on device when coef >= 1). ``grads`` non-empty."""
     which = resolve(backend, grads, norm_type)
@@ -44,13 +45,13 @@ def clip_grad_norm_(
     error_if_nonfinite: bool = False,
     foreach: bool | None = None,
     backend: str = "auto",
-    stats: str = "norm",
+    stats: str = "auto",
 ) -> Tensor:
     """Drop-in for ``torch.nn.utils.clip_grad_norm_``; returns the pre-clip total norm (fp32).
 
     ``backend``: "auto" (fused Triton kernels for CUDA grads when triton is installed, else torch),
     "triton" or "torch". ``foreach`` is accepted for signature compatibility: gradscope's passes are
-    always grouped. ``stats``: "norm" or "full" (module docstring). The per-tensor statistics go to
+    always grouped. ``stats``: "auto", "norm" or "full" (module docstring). The per-tensor statistics go to
     the listeners of ``add_listener``.
     """
     check_stats(stats)
@@ -84,7 +85,7 @@ class NormClipper(Clipper):
     name = "norm"
 
     def __init__(
-        self, max_norm: float = 1.0, norm_type: float = 2.0, backend: str = "auto", stats: str = "norm"
+        self, max_norm: float = 1.0, norm_type: float = 2.0, backend: str = "auto", stats: str = "auto"
     ) -> None:
         self.max_norm, self.norm_type, self.backend = float(max_norm), float(norm_type), backend
         self.stats = check_stats(stats)

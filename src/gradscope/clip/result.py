@@ -15,7 +15,8 @@ class TensorStats:
 
     ``norm`` is in the clipper's norm type; ``nonfinite`` counts NaN/Inf elements; ``maxabs`` is max |g|
     (NaN when the tensor holds a NaN). Either is ``None`` where it was not measured: ``maxabs`` with
-    ``stats="norm"`` off the Triton path (ask for ``stats="full"``), both for AGC.
+    ``stats="norm"`` off the Triton path (ask for ``stats="full"``, or register a listener under the
+    default ``"auto"``), both for AGC.
     """
 
     norm: Tensor

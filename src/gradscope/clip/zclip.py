@@ -39,7 +39,7 @@ class ZClip(Clipper):
         eps: float = 1e-6,
         norm_type: float = 2.0,
         backend: str = "auto",
-        stats: str = "norm",
+        stats: str = "auto",
     ) -> None:
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1, got {warmup}")

@@ -115,12 +115,12 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     for label, whole in (("weight", weight_profile(run)), ("flow", flow_profile(run))):
         got = grouped_trend(whole, cfg["ratio"], None, cfg)
         if got is not None:
-            found[label] = got
+            found[label] = (*got, len(got[0].names) < len(whole.names))
     if not found:
         return []
     label = "weight" if "weight" in found else "flow"
-    prof, ev = found[label]
-    ratio = min(e["ratio"] for _, e in found.values())
+    prof, ev, subset = found[label]
+    ratio = min(e["ratio"] for _, e, _ in found.values())
     evidence: dict[str, Any] = {
         "ratio_first_last": found["weight"][1]["ratio"] if "weight" in found else None,
         "flow_ratio_first_last": found["flow"][1]["ratio"] if "flow" in found else None,
@@ -128,7 +128,7 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         "frac_steps": ev["frac_steps"],
         "layers_measured": ev["layers_measured"],
         "consistency": ev["consistency"],
-        "compared": role(prof.names[0]) if len(set(map(role, prof.names))) == 1 else "all layers",
+        "compared": _role_of(prof) if subset else "all layers",
     }
     sev = Severity.ERROR if ratio < cfg["error_ratio"] else Severity.WARNING
     layers = _affected(prof, cfg["ratio"] ** 0.5) or [prof.names[0]]
@@ -139,6 +139,11 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
            f"{ev['frac_steps']:.0%} of steps; {prof.names[0]} hardly trains.")
     return [Finding("vanishing_gradient", sev, layers, stretch(run.steps, ev["hit"]), evidence, msg,
                     _remedy(run))]
+
+
+def _role_of(prof: Profile) -> str:
+    exact = {role(n) for n in prof.names}
+    return exact.pop() if len(exact) == 1 else role(prof.names[0], loose=True)
 
 
 def _remedy(run: Run) -> str:

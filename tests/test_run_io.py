@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -25,6 +26,8 @@ def recorded(run_dir):
             opt.step()
             opt.zero_grad()
             scope.event("note", value=1)
+    assert (run_dir / "merged" / "index.json").is_file()
+    shutil.rmtree(run_dir / "merged")  # read the chunks, as after a killed run (merged: test_merged.py)
     return run_dir
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from gradscope.run import chunks as chunks_mod
 from gradscope.run import format as fmt
-
-MAX_CHUNK_BYTES = 1 << 31  # a chunk larger than 2 GiB is not one gradscope wrote
+from gradscope.run import merged, npyfile
 
 
 class RunError(ValueError):
@@ -94,56 +94,42 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _read_chunk(file: Path) -> dict[str, np.ndarray]:
-    if file.is_symlink():
-        raise ValueError("is a symbolic link; gradscope never writes links")
-    size = file.stat().st_size
-    if size > MAX_CHUNK_BYTES:
-        raise ValueError(f"is {size} bytes, larger than any chunk gradscope writes")
-    out: dict[str, np.ndarray] = {}
-    with np.load(file, allow_pickle=False) as z:
-        for key in z.files:
-            if key != "step" and not key.startswith(("param/", "act/", "flow/", "scalar/")):
-                continue
-            info = z.zip.getinfo(key + ".npy")
-            if info.file_size > MAX_CHUNK_BYTES:
-                raise ValueError(f"array {key!r} declares {info.file_size} bytes")
-            out[key] = z[key]
-    steps = out.get("step")
-    if steps is None or steps.ndim != 1 or steps.dtype.kind not in "iu":
-        raise ValueError("has no 1-D integer 'step' array")
-    for key, arr in out.items():
-        if key == "step":
-            continue
-        if arr.dtype.kind != "f":
-            raise ValueError(f"array {key!r} has dtype {arr.dtype}, expected float")
-        want_ndim = 1 if key.startswith("scalar/") else 2
-        if arr.ndim != want_ndim or arr.shape[0] != steps.shape[0]:
-            raise ValueError(f"array {key!r} has shape {arr.shape}, expected {steps.shape[0]} steps")
-    return out
+MAX_EVENTS_BYTES = 256 << 20
 
 
 def _read_events(path: Path, msgs: list[str]) -> list[dict[str, Any]]:
     file = path / fmt.EVENTS
-    if not file.is_file():
+    if not os.path.lexists(file):
         return []
+    try:
+        fd, size = npyfile.open_regular(file)
+    except (OSError, ValueError) as exc:
+        _warn(msgs, f"{file}: skipped the events ({exc})")
+        return []
+    if size > MAX_EVENTS_BYTES:
+        _warn(msgs, f"{file}: is {size} bytes; read only the first {MAX_EVENTS_BYTES >> 20} MiB of events")
     events = []
-    with open(file, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError:
-                _warn(msgs, f"{file}:{lineno}: skipped a torn or corrupt event line")
-                continue
-            if isinstance(ev, dict):
-                events.append(ev)
+    with open(fd, encoding="utf-8", errors="replace") as f:
+        text = f.read(MAX_EVENTS_BYTES)
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ev = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            _warn(msgs, f"{file}:{lineno}: skipped a torn or corrupt event line")
+            continue
+        if isinstance(ev, dict):
+            events.append(ev)
     return events
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:
-    """Read the run at ``path``. Raises RunError when it is not a readable run."""
+    """Read the run at ``path``. Raises RunError when it is not a readable run.
+
+    Merged arrays (``RUN/merged/``, written when the run closed) are memory-mapped; chunks newer than
+    them, or all chunks when there are none, are read into arrays allocated once.
+    """
     path = Path(path)
     manifest = _read_manifest(path)
     msgs: list[str] = []
@@ -152,44 +138,105 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     except ValueError as exc:
         raise RunError(f"{path / fmt.MANIFEST}: {exc}; the manifest is corrupt") from exc
     widths = {k: sum(r.kind == k for r in rows) for k in fmt.KINDS}
-    chunk_dir = path / fmt.CHUNK_DIR
-    files = sorted(chunk_dir.glob("[0-9]*" + fmt.CHUNK_SUFFIX)) if chunk_dir.is_dir() else []
-    chunks: list[dict[str, np.ndarray]] = []
-    for file in files:
+    tables = read_tables(path, manifest, widths, msgs)
+    steps = tables.pop("step")
+    metrics = {fmt.metric_key(k, n): tables.pop(fmt.metric_key(k, n)) for k, names in fmt.METRICS.items()
+               for n in names}
+    scalars = {k[len("scalar/"):]: v for k, v in tables.items() if k.startswith("scalar/")}
+    events = _read_events(path, msgs)
+    return Run(path, manifest, rows, steps, metrics, scalars, events, msgs)
+
+
+def read_tables(path: Path, manifest: dict[str, Any], widths: dict[str, int],
+                msgs: list[str]) -> dict[str, np.ndarray]:
+    """Every array of the run: ``step``, each metric key (NaN where not recorded), ``scalar/*``."""
+    started = _started(manifest)
+    try:
+        old = merged.open_merged(path, started)
+        if old is not None:
+            old.arrays = {k: a for k, a in old.arrays.items() if chunks_mod.wanted(k)}
+            chunks_mod.check({k: (a.shape, a.dtype) for k, a in old.arrays.items()}, widths)
+    except (OSError, ValueError) as exc:
+        _warn(msgs, f"{path / merged.DIR}: ignored ({exc}); reading the chunks instead")
+        old = None
+    upto = old.upto if old is not None else 0
+    tail = _scan(path, widths, upto, msgs)
+    if old is not None and not tail:
+        return _complete(old.arrays, widths)
+    spec = chunks_mod.layout(tail, widths)
+    head = 0 if old is None else old.steps
+    if old is not None:
+        spec = _with_head(spec, old.arrays, head, widths)
+    out = chunks_mod.allocate(spec)
+    if old is not None:
+        for key, arr in old.arrays.items():
+            dest = out[key][:head]
+            (dest[:, : arr.shape[1]] if arr.ndim == 2 else dest)[...] = arr
+    failed = chunks_mod.fill(tail, out, head)
+    if failed:
+        bad = np.zeros(spec["step"][0][0], bool)
+        r = head
+        failed_paths = {c.path for c, _ in failed}
+        for c in tail:
+            bad[r:r + c.steps] = c.path in failed_paths
+            r += c.steps
+        for c, exc in failed:
+            _warn(msgs, f"{c.path}: skipped an unreadable chunk ({exc})")
+        out = {k: v[~bad] for k, v in out.items()}
+    return out
+
+
+def _started(manifest: dict[str, Any]) -> Any:
+    config = manifest.get("config")
+    return config.get("started") if isinstance(config, dict) else None
+
+
+def _scan(path: Path, widths: dict[str, int], upto: int, msgs: list[str]) -> list[chunks_mod.Chunk]:
+    """Scan every chunk from index ``upto`` on; unreadable ones are skipped with a warning."""
+    found = []
+    for index, file in chunks_mod.list_chunks(path / fmt.CHUNK_DIR):
+        if index < upto:
+            continue
         try:
-            chunk = _read_chunk(file)
+            found.append(chunks_mod.scan_chunk(file, index, widths))
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
             _warn(msgs, f"{file}: skipped an unreadable chunk ({exc})")
-            continue
-        bad = [
-            k for k, a in chunk.items()
-            if a.ndim == 2 and a.shape[1] > widths.get(k.split("/")[0], 0)
-        ]
-        if bad:
-            _warn(msgs, f"{file}: skipped a chunk wider than the manifest's rows ({bad[0]})")
-            continue
-        chunks.append(chunk)
+    return found
 
-    steps = np.concatenate([c["step"].astype(np.int64) for c in chunks]) if chunks else np.zeros(0, np.int64)
-    metrics: dict[str, np.ndarray] = {}
+
+def _with_head(spec: dict[str, Any], arrays: dict[str, np.ndarray], head: int,
+               widths: dict[str, int]) -> dict[str, Any]:
+    """The layout of merged arrays (``head`` steps) followed by the chunks' layout ``spec``."""
+    out = {}
+    for key in sorted(set(spec) | set(arrays)):
+        shape, dtype, complete = spec.get(key, (None, np.dtype(np.float32), False))
+        if shape is None:
+            kind = key.split("/")[0]
+            tail_n = spec["step"][0][0]
+            shape = (tail_n, widths[kind]) if kind in widths else (tail_n,)
+        a = arrays.get(key)
+        full = a is not None and (a.ndim == 1 or a.shape[1] == shape[1])
+        out[key] = ((head + shape[0],) + tuple(shape[1:]), dtype, complete and full)
+    return out
+
+
+def _complete(arrays: dict[str, np.ndarray], widths: dict[str, int]) -> dict[str, np.ndarray]:
+    """Merged arrays as the Run needs them: native dtypes, padded to the manifest's width, every
+    metric present. Mapped arrays are used as they are, without a copy, when they already fit."""
+    n = arrays["step"].shape[0]
+    out = {"step": arrays["step"].astype(np.int64, copy=False)}
     for kind, names in fmt.METRICS.items():
         for name in names:
             key = fmt.metric_key(kind, name)
-            parts = []
-            for c in chunks:
-                t = c["step"].shape[0]
-                a = np.full((t, widths[kind]), np.nan, dtype=np.float32)
-                if key in c:
-                    a[:, : c[key].shape[1]] = c[key]
-                parts.append(a)
-            metrics[key] = np.concatenate(parts) if parts else np.zeros((0, widths[kind]), np.float32)
-    scalar_names = sorted({k[len("scalar/"):] for c in chunks for k in c if k.startswith("scalar/")})
-    scalars: dict[str, np.ndarray] = {}
-    for name in scalar_names:
-        key = fmt.scalar_key(name)
-        scalars[name] = np.concatenate(
-            [c[key].astype(np.float32) if key in c else np.full(c["step"].shape[0], np.nan, np.float32)
-             for c in chunks]
-        )
-    events = _read_events(path, msgs)
-    return Run(path, manifest, rows, steps, metrics, scalars, events, msgs)
+            a = arrays.get(key)
+            if a is not None and a.shape[1] == widths[kind]:
+                out[key] = a.astype(np.float32, copy=False)
+            else:
+                full = np.full((n, widths[kind]), np.nan, np.float32)
+                if a is not None:
+                    full[:, : a.shape[1]] = a
+                out[key] = full
+    for key, a in arrays.items():
+        if key.startswith("scalar/"):
+            out[key] = a.astype(np.float32, copy=False)
+    return out

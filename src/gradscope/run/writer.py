@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import threading
 import warnings
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from gradscope.run import format as fmt
+from gradscope.run import merged
+from gradscope.run.chunks import list_chunks
 
 Job = Callable[[], None]
 
@@ -37,22 +40,41 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
         raise
 
 
+def _merged_upto(path: Path) -> int:
+    """Chunks below this index are covered by RUN/merged/; a merged directory left without a manifest
+    (``watch(..., overwrite=True)`` clears the old run but not merged/) is stale and is removed."""
+    if not (path / merged.DIR).is_dir():
+        return 0
+    if not (path / fmt.MANIFEST).exists():
+        shutil.rmtree(path / merged.DIR, ignore_errors=True)
+        return 0
+    try:
+        index = merged.read_index(path)
+    except (OSError, ValueError):
+        return 0
+    return 0 if index is None else int(index["chunks_upto"])
+
+
 class RunWriter:
     """Owns one run directory; ``submit`` queues work for the writer thread, ``close`` drains it."""
 
-    def __init__(self, path: str | os.PathLike[str], sinks: list[Any] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], sinks: list[Any] | None = None,
+                 compact: bool = True) -> None:
         self.path = Path(path)
+        self.compact = compact
         self.sinks = list(sinks or [])
         self.errors: list[str] = []
         self._warned = False
         self._lock = threading.Lock()
         self._chunk_index = 0
+        self._wrote_chunks = False
         try:
             (self.path / fmt.CHUNK_DIR).mkdir(parents=True, exist_ok=True)
             # Continue numbering after chunks already there (a resumed run appends).
-            existing = sorted((self.path / fmt.CHUNK_DIR).glob("[0-9]*" + fmt.CHUNK_SUFFIX))
+            existing = list_chunks(self.path / fmt.CHUNK_DIR)
             if existing:
-                self._chunk_index = int(existing[-1].name[: -len(fmt.CHUNK_SUFFIX)]) + 1
+                self._chunk_index = existing[-1][0] + 1
+            self._chunk_index = max(self._chunk_index, _merged_upto(self.path))
         except (OSError, ValueError) as exc:
             self._fail(f"cannot create run directory {self.path}: {exc}")
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -103,11 +125,22 @@ class RunWriter:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+            if self.compact and self._wrote_chunks and not self.errors:
+                self._compact()
         for sink in self.sinks:
             try:
                 sink.close()
             except Exception as exc:
                 self._fail(f"sink {type(sink).__name__}: {exc}")
+
+    def _compact(self) -> None:
+        """Merge the chunks into RUN/merged/ so that reading the run later is one memory map per array."""
+        from gradscope.run.compact import compact_run
+
+        try:
+            compact_run(self.path)
+        except Exception as exc:  # the chunks are complete without it: report, never raise
+            self._fail(f"compacting the chunks: {type(exc).__name__}: {exc}")
 
     # -- work items (run on the writer thread) ---------------------------------------------------
     def write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -123,6 +156,7 @@ class RunWriter:
         name = chunk_dir / fmt.chunk_name(self._chunk_index)
         _atomic_write(name, lambda f: np.savez(f, **arrays))
         self._chunk_index += 1
+        self._wrote_chunks = True
         for sink in self.sinks:
             sink.write_chunk(arrays)
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from gradscope import amp, distributed, hooks
 from gradscope import functional as F
+from gradscope.accumulators import StepSums
 from gradscope.buffers import StepBuffers
 from gradscope.rows import plan
 from gradscope.run import format as fmt
@@ -68,9 +69,7 @@ class Scope:
         self._modules = hooked
         self._handles: list[Any] = []
         self._act_rows: list[int] = []  # module index per act row
-        self._act_acc = torch.zeros(0, F.ACT_N, dtype=self._stat_dtype, device=self._device)
-        self._flow_acc = torch.zeros(0, 3, dtype=self._stat_dtype, device=self._device)
-        self._dead_masks: dict[int, Tensor] = {}
+        self._sums = StepSums(self._device)
         self._next_depth = 0
         self._step = 0
         self._recorded = 0
@@ -170,7 +169,8 @@ class Scope:
         self._model = None
         self._optimizers = []
         self._named, self._params, self._watched, self._modules = [], [], [], []
-        self._pending, self._snapshots, self._dead_masks, self._index_cache = None, {}, {}, {}
+        self._pending, self._snapshots, self._index_cache = None, {}, {}
+        self._sums = StepSums(self._device)
 
     @property
     def write_errors(self) -> list[str]:
@@ -237,23 +237,20 @@ class Scope:
         """Turn the step's activation and flow sums into statistics in its slot; reset the sums."""
         slot = self._slot
         assert slot is not None
+        act, flow, dead = self._sums.reduce(len(self._act_rows))
         if self._act_rows and self.activations:
-            stats = F.activation_stats(self._act_acc)
+            stats = F.activation_stats(act)
             for name in ("mean", "std", "zero_frac", "sat_frac", "nonfinite"):
                 self._buffers.put("act", name, slot, stats[name].float())
-            if self._dead_masks:
-                rows = list(self._dead_masks)
-                dead = torch.stack([1 - self._dead_masks[r].float().mean() for r in rows])
-                cols = torch.tensor(rows, device=self._device)
-                self._buffers.put("act", "dead_frac", slot, dead, cols=cols)
-                self._dead_masks.clear()
-            self._act_acc.zero_()
+            if dead:
+                rows = list(dead)
+                frac = torch.stack([1 - dead[r].float().mean() for r in rows])
+                self._buffers.put("act", "dead_frac", slot, frac, cols=self._device_index(rows))
         if self._act_rows and self.flow:
-            calls, sumsq, nonfinite = self._flow_acc.unbind(1)
+            calls, sumsq, nonfinite = flow.unbind(1)
             hit = calls > 0
             self._buffers.put("flow", "norm", slot, torch.where(hit, sumsq.sqrt(), torch.nan).float())
             self._buffers.put("flow", "nonfinite", slot, torch.where(hit, nonfinite, torch.nan).float())
-            self._flow_acc.zero_()
         self._seen_fwd.clear()
         self._recorded += 1
 
@@ -315,11 +312,7 @@ class Scope:
 
     def _record_activation(self, r: int, module_type: str, y: Tensor) -> None:
         if self.activations:
-            self._act_acc[r] += F.activation_sums(y, module_type)
-            if module_type in F.DEAD_UNIT_TYPES:
-                alive = F.unit_active(y)
-                prev = self._dead_masks.get(r)
-                self._dead_masks[r] = alive if prev is None or prev.shape != alive.shape else prev | alive
+            self._sums.add_activation(r, y, module_type)
         if self.flow and y.requires_grad:
             y.register_hook(hooks.flow_hook(self, r))
 
@@ -331,23 +324,13 @@ class Scope:
         if info.watched:
             info.act_row = len(self._act_rows)
             self._act_rows.append(mi)
-            zeros = torch.zeros(1, F.ACT_N, dtype=self._stat_dtype, device=self._device)
-            self._act_acc = torch.cat([self._act_acc, zeros])
-            self._flow_acc = torch.cat([self._flow_acc, zeros[:, :3]])
             self._buffers.grow("act", len(self._act_rows))
             self._buffers.grow("flow", len(self._act_rows))
         self._rows_dirty = True
 
     def _on_flow(self, r: int, grad: Tensor) -> None:
-        if self._closed:
-            return
-        dt = self._stat_dtype
-        g = grad.detach()
-        norm = torch.linalg.vector_norm(g if g.dtype in (torch.float32, torch.float64) else g.float())
-        norm = norm.to(dt)
-        # 1 when the gradient holds NaN/Inf: its norm is then not finite (free, unlike an element count)
-        flag = (~torch.isfinite(norm)).to(dt)
-        self._flow_acc[r] += torch.stack([torch.ones((), dtype=dt, device=norm.device), norm * norm, flag])
+        if not self._closed:
+            self._sums.add_flow(r, grad)
 
     def _on_grad_accumulated(self, param: Tensor) -> None:
         if self._closed:

@@ -210,5 +210,74 @@ def export(runs: tuple[Path, ...], tb_dir: Path, histograms: bool, overwrite: bo
     console.print(f"view with: tensorboard --logdir {tb_dir}")
 
 
+@main.command()
+@click.option("--task", default="spirals", show_default=True,
+              help="spirals (synthetic), iris (real, SciPy's bundled file), digits (needs scikit-learn), "
+              "finetune (transformers encoder; regime axis).")
+@click.option("--activations", default=None, metavar="LIST", help="e.g. relu,leaky_relu,elu,sigmoid,tanh,gelu")
+@click.option("--clip", default=None, metavar="LIST", help="e.g. none,norm,value,agc,autoclip,zclip")
+@click.option("--depth", default=None, metavar="LIST", help="Hidden layers, e.g. 16,4,32")
+@click.option("--init", default=None, metavar="LIST", help="e.g. he,xavier,default")
+@click.option("--lr", default=None, metavar="LIST", help="Learning rates, e.g. 3e-3,1e-3")
+@click.option("--regime", default=None, metavar="LIST", help="--task finetune: e.g. full,top2,frozen")
+@click.option("--backbone", default=None, help="--task finetune: minilm (pretrained, when installed) or tiny")
+@click.option("--seeds", default=None, metavar="N", help="Seeds per configuration (default 3; --quick 2).")
+@click.option("--steps", default=None, metavar="N", help="Training steps per run (default 300; --quick 100).")
+@click.option("--design", default=None, metavar="sweep|product",
+              help="sweep: one axis at a time around the baseline (each axis' first value; the default); "
+              "product: every combination.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("gradscope-compare"), show_default=True,
+              help="Directory for the runs, table.md, table.csv and figures; finished runs are reused.")
+@click.option("--quick", is_flag=True, help="The small preset: depth 16, 2 seeds, 100 steps (about a minute).")
+@click.option("--tensorboard/--no-tensorboard", default=False, show_default=True,
+              help="Also write TensorBoard event files into each run (tensorboard --logdir OUT).")
+@click.option("--threads", default="1", show_default=True, metavar="N", help="torch CPU threads while training.")
+def compare(task: str, activations: str | None, clip: str | None, depth: str | None, init: str | None,
+            lr: str | None, regime: str | None, backbone: str | None, seeds: str | None, steps: str | None,
+            design: str | None, out: Path, quick: bool, tensorboard: bool, threads: str) -> None:
+    """Train a grid of small models with gradscope watching each; compare gradient health in one table.
+
+    Every configuration and seed is its own run directory under OUT (gradscope analyze works on each);
+    re-running skips finished ones, Ctrl-C keeps them.
+    """
+    from gradscope.experiments.compare import CompareError, build_spec, run_compare
+
+    def count(text: str | None, option: str, high: int) -> int | None:
+        if text is None:
+            return None
+        if not text.strip().isdigit() or not 1 <= int(text) <= high:
+            fail(f"{option} {text!r}: give a whole number from 1 to {high}")
+        return int(text)
+
+    n_seeds, n_steps, n_threads = count(seeds, "--seeds", 100), count(steps, "--steps", 1_000_000), count(
+        threads, "--threads", 1024)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file: choose a directory (it is created if missing)")
+    options = {"activation": activations, "clip": clip, "depth": depth, "init": init, "lr": lr, "regime": regime}
+    try:
+        spec = build_spec(task, options, n_seeds, n_steps, design, quick, backbone)
+    except ValueError as exc:  # CompareError, TaskError
+        fail(str(exc))
+    console = _console()
+    try:
+        outcome, rows, files = run_compare(spec, out, console, tensorboard=tensorboard, threads=n_threads)
+    except CompareError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write to {out}: {exc}; choose a writable --out DIR")
+    if rows:
+        from gradscope.experiments.tables import rich_table
+
+        console.print(rich_table(rows, title=f"gradscope compare: {spec.task}"))
+    for f in files:
+        console.print(f"wrote {f}", soft_wrap=True)
+    console.print(f"{outcome.ran} run(s) trained, {outcome.skipped} reused, in {outcome.seconds:.0f} s; "
+                  f"inspect one with: gradscope analyze {out}/<run>", soft_wrap=True)
+    if outcome.interrupted:
+        console.print(f"[yellow]interrupted:[/] kept {len(outcome.results)} finished run(s); run the same "
+                      "command again to finish the rest", soft_wrap=True)
+        sys.exit(130)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

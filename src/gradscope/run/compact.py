@@ -104,7 +104,7 @@ def _write_arrays(out_dir: Path, names: dict[str, str], spec: dict[str, Any],
                         for shape, dtype in spec.values())
         for batch in _batches(tail, max(1, BLOCK_BYTES // max(row_bytes, 1))):
             t = sum(c.steps for c in batch)
-            out = {k: np.full((t,) + shape[1:], np.nan if k != "step" else 0, dtype)
+            out = {k: np.full((t,) + shape[1:], np.nan if dtype.kind == "f" else 0, dtype)
                    for k, (shape, dtype) in spec.items()}
             failed = chunks_mod.fill(batch, out)
             if failed:
@@ -126,7 +126,7 @@ def _copy_head(files: dict[str, BinaryIO], spec: dict[str, Any], old: merged.Mer
         src = old.arrays.get(key)
         step = max(1, BLOCK_BYTES // max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize))
         for r in range(0, old.steps, step):
-            block = np.full((min(step, old.steps - r),) + shape[1:], np.nan, dtype)
+            block = np.full((min(step, old.steps - r),) + shape[1:], np.nan if dtype.kind == "f" else 0, dtype)
             if src is not None:
                 part = src[r:r + block.shape[0]]
                 (block[:, : part.shape[1]] if part.ndim == 2 else block)[...] = part

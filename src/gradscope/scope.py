@@ -65,20 +65,18 @@ class Scope:
         self._col_of = {i: c for c, i in enumerate(watched)}
         self._trainable = [i for i, p in enumerate(self._params) if p.requires_grad]
         self._device = self._params[0].device if self._params else torch.device("cpu")
-        self._stat_dtype = F._stat_dtype(self._device)
         self._modules = hooked
         self._handles: list[Any] = []
         self._act_rows: list[int] = []  # module index per act row
         self._sums = StepSums(self._device)
         self._next_depth = 0
         self._step = 0
-        self._recorded = 0
         self._stepped = False
         self._slot: int | None = None
         self._cb_queued = False
         self._pending: tuple[tuple[int, ...], Tensor, Tensor, Tensor] | None = None
         self._snapshots: dict[int, list[Tensor]] = {}
-        self._index_cache: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
+        self._index_cache: dict[tuple[int, ...], Tensor] = {}
         self._opt_cols_cache: dict[tuple[int, int], list[int]] = {}
         self._events: list[dict[str, Any]] = []
         self._rows_dirty = True
@@ -252,7 +250,6 @@ class Scope:
             self._buffers.put("flow", "norm", slot, torch.where(hit, sumsq.sqrt(), torch.nan).float())
             self._buffers.put("flow", "nonfinite", slot, torch.where(hit, nonfinite, torch.nan).float())
         self._seen_fwd.clear()
-        self._recorded += 1
 
     def _flush(self) -> None:
         self._in_flush = True  # host copies below are the one deliberate sync point
@@ -314,6 +311,7 @@ class Scope:
         if self.activations:
             self._sums.add_activation(r, y, module_type)
         if self.flow and y.requires_grad:
+            # A tensor hook lives and dies with this step's graph; after close() it does nothing.
             y.register_hook(hooks.flow_hook(self, r))
 
     def _assign_depth(self, mi: int, info: Any) -> None:
@@ -473,12 +471,12 @@ class Scope:
         return cols
 
     def _device_index(self, cols: Sequence[int]) -> Tensor:
+        """``cols`` as a device index tensor, cached: built (one host-to-device copy) once per pattern."""
         key = tuple(cols)
         hit = self._index_cache.get(key)
         if hit is None:
-            hit = (torch.tensor(key, dtype=torch.long, device=self._device),) * 2
-            self._index_cache[key] = hit
-        return hit[0]
+            hit = self._index_cache[key] = torch.tensor(key, dtype=torch.long, device=self._device)
+        return hit
 
     def _record_params(self) -> None:
         """Write the step's gradient statistics (measured at backward end) and weight norms."""

@@ -9,7 +9,8 @@ ends, so under gradient accumulation it records the accumulated gradients once p
 before the Trainer clips them to ``max_grad_norm``: ``run.scalars["grad_norm"]`` is the same number
 as the Trainer's logged ``grad_norm``. Under fp16 the callback hands accelerate's GradScaler to the
 Scope, so the statistics are unscaled. The loss (mean of the micro-batches' ``outputs.loss``) is
-logged on the device, without a host sync. Only the main process (world rank 0) records.
+logged on the device, without a host sync. Every rank watches, as the Scope's distributed
+reductions need; only world rank 0 writes the run.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ class GradScopeCallback(TrainerCallback):
     # -- Trainer events ---------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
-        if not state.is_world_process_zero or model is None:
-            return
+        if model is None:
+            return  # every rank watches (FSDP norms and the flush reductions are collectives); rank 0 writes
         self._close()
         opt = torch_optimizer(optimizer)
         if opt is None:

@@ -268,7 +268,10 @@ def compare(task: str, activations: str | None, clip: str | None, depth: str | N
     if rows:
         from gradscope.experiments.tables import rich_table
 
-        console.print(rich_table(rows, title=f"gradscope compare: {spec.task}"))
+        table = rich_table(rows, title=f"gradscope compare: {spec.task}")
+        if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+            console.width = max(console.width, 180)
+        console.print(table)
     for f in files:
         console.print(f"wrote {f}", soft_wrap=True)
     console.print(f"{outcome.ran} run(s) trained, {outcome.skipped} reused, in {outcome.seconds:.0f} s; "

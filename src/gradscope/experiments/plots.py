@@ -75,12 +75,12 @@ def grad_by_depth(results: Sequence[dict], baseline: dict[str, Any], axis: str, 
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for value, members in groups.items():
+    for i, (value, members) in enumerate(groups.items()):
         for ax, key in zip(axes, ("layer_grad_first", "layer_grad_last"), strict=True):
             a = _stack(members, key)
             if a is not None:
                 y = _geomean(a)
-                ax.plot(np.arange(1, y.size + 1), y, marker="o", ms=3, label=str(value))
+                ax.plot(np.arange(1, y.size + 1), y, marker="o", ms=3, label=str(value), color=f"C{i % 10}")
     for ax, when in zip(axes, ("at initialisation (step 0)", "at the end (last step)"), strict=True):
         ax.set_yscale("log")
         ax.set_xlabel("weight matrix, input → output")
@@ -98,10 +98,10 @@ def loss_by(results: Sequence[dict], baseline: dict[str, Any], axis: str, file: 
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for value, members in groups.items():
+    for i, (value, members) in enumerate(groups.items()):
         loss, steps = _stack(members, "loss"), _stack(members, "steps")
         if loss is not None and steps is not None:
-            ax.plot(steps[0], _smooth(np.nanmean(loss, axis=0)), label=str(value))
+            ax.plot(steps[0], _smooth(np.nanmean(loss, axis=0)), label=str(value), color=f"C{i % 10}")
     ax.set_xlabel("step")
     ax.set_ylabel(f"training loss ({SMOOTH}-step mean, mean over seeds)")
     ax.set_title(f"loss by {axis}  ({_describe(baseline, axis)})", fontsize=9)
@@ -111,15 +111,15 @@ def loss_by(results: Sequence[dict], baseline: dict[str, Any], axis: str, file: 
 
 
 def clip_coef(results: Sequence[dict], baseline: dict[str, Any], file: Path) -> Path | None:
-    groups = {k: v for k, v in select(results, baseline, "clip").items() if k != "none"}
-    if not groups:
+    groups = select(results, baseline, "clip")  # colours as in loss_by_clip: "none" keeps its slot
+    if not set(groups) - {"none"}:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for value, members in groups.items():
+    for i, (value, members) in enumerate(groups.items()):
         coef, steps = _stack(members, "clip_coef"), _stack(members, "steps")
-        if coef is not None and steps is not None:
-            ax.plot(steps[0], np.nanmean(coef, axis=0), label=str(value), lw=1)
+        if value != "none" and coef is not None and steps is not None:
+            ax.plot(steps[0], np.nanmean(coef, axis=0), label=str(value), lw=1, color=f"C{i % 10}")
     ax.set_yscale("log")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("step")

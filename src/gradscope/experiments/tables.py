@@ -117,15 +117,18 @@ def _fmt_axis(v: Any) -> str:
 
 
 def rich_table(rows: Sequence[dict[str, Any]], title: str = "") -> Any:
+    """The table for a terminal: the varying axes joined into one label column to save width."""
     from rich.table import Table
 
     header, body = cells(rows)
-    table = Table(title=title or None, caption=None, show_lines=False)
     n_axes = len(header) - len(METRICS) - 1
-    for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i < n_axes else "right", no_wrap=i >= n_axes)
+    table = Table(title=title or None, caption="mean ± std over seeds; legend in table.md",
+                  header_style="bold", pad_edge=False)
+    table.add_column(" · ".join(header[:n_axes]) or "config")
+    for h in header[n_axes:]:
+        table.add_column(h, justify="right")
     for line in body:
-        table.add_row(*line)
+        table.add_row(" · ".join(line[:n_axes]), *line[n_axes:])
     return table
 
 

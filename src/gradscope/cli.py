@@ -237,8 +237,10 @@ def compare(task: str, activations: str | None, clip: str | None, depth: str | N
             design: str | None, out: Path, quick: bool, tensorboard: bool, threads: str) -> None:
     """Train a grid of small models with gradscope watching each; compare gradient health in one table.
 
-    Every configuration and seed is its own run directory under OUT (gradscope analyze works on each);
-    re-running skips finished ones, Ctrl-C keeps them.
+    With no axis named, every axis takes its default list (--design sweep: one axis at a time around
+    the baseline relu/he/depth 16/no clipping). Naming axes compares those; the others stay at the
+    baseline. Every configuration and seed is its own run directory under OUT (gradscope analyze works
+    on each); re-running skips finished ones, Ctrl-C keeps them.
     """
     from gradscope.experiments.compare import CompareError, build_spec, run_compare
 

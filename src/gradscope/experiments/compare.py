@@ -122,7 +122,10 @@ def build_spec(task: str, options: dict[str, str | None], seeds: int | None, ste
         "lr": lambda t: _numbers(t, "--lr", float, 1e-12, 10.0),
         "regime": _regimes,
     }
-    axes = {a: parsers[a](options[a]) if options.get(a) is not None else list(defaults[a]) for a in axes_names}
+    # Naming any axis means "compare these": the axes not named stay at their baseline value.
+    named = any(options.get(a) is not None for a in axes_names)
+    axes = {a: parsers[a](options[a]) if options.get(a) is not None
+            else [defaults[a][0]] if named else list(defaults[a]) for a in axes_names}
     design = design or defaults["design"]
     if design not in DESIGNS:
         raise CompareError(f"--design: unknown {design!r}; choose from {', '.join(DESIGNS)}")

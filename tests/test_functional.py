@@ -74,3 +74,12 @@ def test_unitwise_norm_matches_rows_and_filters():
     assert torch.allclose(F.unitwise_norm(w).flatten(), ref)
     b = torch.randn(5)
     assert torch.equal(F.unitwise_norm(b), b.abs())
+
+
+def test_cpu_maxabs_matches_inf_norm_including_nan_and_empty():
+    ts = [torch.randn(40, 3), -torch.rand(5) * 9, torch.empty(0), torch.randn(7).bfloat16()]
+    ts[0][2, 1] = float("nan")
+    got = F.norms(ts, float("inf"))
+    ref = [t.double().abs().max().item() if t.numel() else 0.0 for t in ts]
+    assert torch.isnan(got[0])
+    assert got[1:].tolist() == pytest.approx(ref[1:], rel=1e-6)

@@ -84,7 +84,12 @@ def scan_chunk(path: Path, index: int, widths: dict[str, int]) -> Chunk:
         try:
             infos = {k: v for k, v in npyfile.zip_arrays(fd, size).items() if wanted(k)}
         except npyfile.CompressedChunk:
-            return _load_compressed(path, index, widths)
+            try:
+                return _load_compressed(path, index, widths)
+            except (OSError, ValueError, MemoryError):
+                raise
+            except Exception as exc:  # zlib.error, NotImplementedError, ...: a damaged zip
+                raise ValueError(f"is a damaged compressed chunk ({type(exc).__name__}: {exc})") from None
     finally:
         os.close(fd)
     t = check({k: (v.shape, v.dtype) for k, v in infos.items()}, widths)
@@ -168,7 +173,7 @@ def fill(chunks: list[Chunk], out: dict[str, np.ndarray], row0: int = 0) -> list
     def one(i: int) -> None:
         try:
             _fill_one(chunks[i], out, starts[i])
-        except (OSError, ValueError, MemoryError) as exc:
+        except Exception as exc:  # whatever a damaged file raises, only this chunk is lost
             failed.append((chunks[i], exc))
 
     if len(chunks) > 8 and THREADS > 1:

@@ -125,8 +125,8 @@ def read_npy_header(fd: int, offset: int, limit: int, head: bytes = b"") -> Arra
         head = pread_exact(fd, hlen, offset)
     try:
         dtype, shape, fortran, parsed, nbytes = parse_header(head[:hlen])
-    except (ValueError, SyntaxError, EOFError, TypeError) as exc:
-        raise ValueError(f"has a corrupt .npy header ({exc})") from None
+    except Exception as exc:  # numpy's header parser raises SyntaxError, TokenError, ... on junk
+        raise ValueError(f"has a corrupt .npy header ({type(exc).__name__}: {exc})") from None
     info = ArrayInfo(offset + hlen, dtype, shape, fortran, nbytes)
     if parsed != hlen or nbytes > MAX_ARRAY_BYTES or info.offset + nbytes > limit:
         raise ValueError(f"declares shape {shape} ({nbytes} bytes), more than the file holds")

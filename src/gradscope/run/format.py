@@ -3,6 +3,8 @@
 RUN/manifest.json   schema, rows, metrics, config, environment
 RUN/chunks/NNNNNN.npz one file per flush: ``step`` [T] int64 and one [T x rows] float32 array per metric
 RUN/events.jsonl    discrete events, one JSON object per line
+RUN/merged/         written at close: one .npy per array over the chunks merged so far (merged.py);
+                    a read cache of the chunks, which stay, so schema 1 is unchanged
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Every file is written to a temporary name and renamed, so a reader (or a crash) never sees half a
 chunk. A failing disk never stops training: the first error is warned about once, later writes are
-still tried, so recording resumes when the disk recovers.
+still tried, so recording resumes when the disk recovers. ``close`` merges the chunks into
+RUN/merged/ (compact.py), so that reading the run is one memory map per array.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def scan_chunk(path: Path, index: int, widths: dict[str, int]) -> Chunk:
         if size > npyfile.MAX_ARRAY_BYTES:
             raise ValueError(f"is {size} bytes, larger than any chunk gradscope writes")
         try:
-            infos = {k: v for k, v in npyfile.zip_arrays(fd, size).items() if wanted(k)}
+            infos = {k: v for k, v in npyfile.zip_arrays(npyfile.Source(fd, size)).items() if wanted(k)}
         except npyfile.CompressedChunk:
             try:
                 return _load_compressed(path, index, widths)

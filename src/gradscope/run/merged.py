@@ -78,7 +78,7 @@ def _map(path: Path, steps: int) -> np.ndarray:
     """Memory-map one merged array after checking its header against its file size."""
     fd, size = npyfile.open_regular(path)  # no links, regular files only
     try:
-        info = npyfile.read_npy_header(fd, 0, size)
+        info = npyfile.read_npy_header(npyfile.Source(fd, size), 0, size)
         if info.offset + info.nbytes != size:
             raise ValueError(f"holds {size} bytes but its header declares {info.offset + info.nbytes}")
         if not info.shape or info.shape[0] != steps:

@@ -73,6 +73,29 @@ def pread_exact(fd: int, n: int, offset: int) -> bytes:
     return data
 
 
+class Source:
+    """Reads of one open file: from a copy of the whole file when it is small (one system call for
+    the zip directory and every header), else with ``pread``."""
+
+    WHOLE_BYTES = 1 << 20
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self.buf = pread_exact(fd, size, 0) if size <= self.WHOLE_BYTES else None
+
+    def read(self, n: int, offset: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` (fewer at the end of the file)."""
+        if self.buf is not None:
+            return self.buf[offset:offset + n]
+        return os.pread(self.fd, n, offset)
+
+    def read_exact(self, n: int, offset: int) -> bytes:
+        data = self.read(n, offset)
+        if len(data) != n:
+            raise ValueError(f"is truncated (wanted {n} bytes at {offset}, got {len(data)})")
+        return data
+
+
 @lru_cache(maxsize=256)
 def parse_header(head: bytes) -> tuple[np.dtype, tuple[int, ...], bool, int, int]:
     """(dtype, shape, fortran_order, header length, data bytes) of the ``.npy`` header at the start of ``head``.
@@ -113,16 +136,16 @@ def _header_length(prefix: bytes) -> int:
     return n
 
 
-def read_npy_header(fd: int, offset: int, limit: int, head: bytes = b"") -> ArrayInfo:
+def read_npy_header(src: Source, offset: int, limit: int, head: bytes = b"") -> ArrayInfo:
     """The ``.npy`` array starting at ``offset`` whose bytes must end by ``limit``; ``head`` may hold
     bytes already read from ``offset`` on."""
     if len(head) < 16:
-        head = os.pread(fd, min(256, max(0, limit - offset)), offset)
+        head = src.read(min(256, max(0, limit - offset)), offset)
     hlen = _header_length(head)
     if hlen > len(head):
         if offset + hlen > limit:
             raise ValueError("has a truncated .npy header")
-        head = pread_exact(fd, hlen, offset)
+        head = src.read_exact(hlen, offset)
     try:
         dtype, shape, fortran, parsed, nbytes = parse_header(head[:hlen])
     except Exception as exc:  # numpy's header parser raises SyntaxError, TokenError, ... on junk
@@ -133,14 +156,15 @@ def read_npy_header(fd: int, offset: int, limit: int, head: bytes = b"") -> Arra
     return info
 
 
-def _end_records(fd: int, size: int) -> tuple[int, int, bytes]:
+def _end_records(src: Source) -> tuple[int, int, bytes]:
     """(entries, central directory offset, central directory bytes) from the zip's end records."""
+    size = src.size
     tail_len = min(size, 4096)  # holds the whole directory of a chunk RunWriter wrote
-    tail = pread_exact(fd, tail_len, size - tail_len)
+    tail = src.read_exact(tail_len, size - tail_len)
     pos = tail.rfind(b"PK\x05\x06")
     if pos < 0 and tail_len < size:  # a long zip comment: look further back
         tail_len = min(size, _EOCD.size + 65535)
-        tail = pread_exact(fd, tail_len, size - tail_len)
+        tail = src.read_exact(tail_len, size - tail_len)
         pos = tail.rfind(b"PK\x05\x06")
     if pos < 0 or pos + _EOCD.size > len(tail):
         raise ValueError("is not a complete zip file (no end record): a partial chunk")
@@ -152,7 +176,7 @@ def _end_records(fd: int, size: int) -> tuple[int, int, bytes]:
         if loc_at < 0 or tail[loc_at:loc_at + 4] != b"PK\x06\x07":
             raise ValueError("has a corrupt zip64 end record")
         _, _, z64_off, _ = _Z64_LOC.unpack_from(tail, loc_at)
-        rec = pread_exact(fd, _Z64_EOCD.size, z64_off) if z64_off + _Z64_EOCD.size <= size else b""
+        rec = src.read_exact(_Z64_EOCD.size, z64_off) if z64_off + _Z64_EOCD.size <= size else b""
         if rec[:4] != b"PK\x06\x06":
             raise ValueError("has a corrupt zip64 end record")
         _, _, _, _, _, _, _, entries, cd_size, cd_off = _Z64_EOCD.unpack(rec)
@@ -160,7 +184,7 @@ def _end_records(fd: int, size: int) -> tuple[int, int, bytes]:
         raise ValueError("has an impossible zip directory")
     tail_off = size - tail_len
     cdir = tail[cd_off - tail_off:cd_off - tail_off + cd_size] if cd_off >= tail_off else b""
-    return entries, cd_off, cdir if len(cdir) == cd_size else pread_exact(fd, cd_size, cd_off)
+    return entries, cd_off, cdir if len(cdir) == cd_size else src.read_exact(cd_size, cd_off)
 
 
 def _zip64_extra(extra: bytes, usize: int, csize: int, lho: int) -> tuple[int, int, int]:
@@ -180,13 +204,14 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, lho: int) -> tuple[int, i
     return usize, csize, lho
 
 
-def zip_arrays(fd: int, size: int) -> dict[str, ArrayInfo]:
-    """Every stored (uncompressed) ``NAME.npy`` member of the zip file ``fd``: name -> ArrayInfo.
+def zip_arrays(src: Source) -> dict[str, ArrayInfo]:
+    """Every stored (uncompressed) ``NAME.npy`` member of the zip file ``src``: name -> ArrayInfo.
 
     Raises ValueError for a compressed or encrypted member (``np.savez_compressed``): the caller may
     read such a file the slow way.
     """
-    entries, _, cdir = _end_records(fd, size)
+    entries, _, cdir = _end_records(src)
+    size = src.size
     out: dict[str, ArrayInfo] = {}
     pos = 0
     for _ in range(entries):
@@ -203,7 +228,7 @@ def zip_arrays(fd: int, size: int) -> dict[str, ArrayInfo]:
             raise CompressedChunk(f"member {name!r} is compressed or encrypted")
         if lho + _LOCAL.size > size:
             raise ValueError(f"member {name!r} lies outside the file")
-        block = os.pread(fd, 512, lho)  # local header, name, extra field and .npy header at once
+        block = src.read(512, lho)  # local header, name, extra field and .npy header at once
         if len(block) < _LOCAL.size or block[:4] != b"PK\x03\x04":
             raise ValueError(f"member {name!r} has a corrupt local header")
         local = _LOCAL.unpack_from(block)
@@ -212,7 +237,7 @@ def zip_arrays(fd: int, size: int) -> dict[str, ArrayInfo]:
         end = start + usize
         if usize != csize or end > size:
             raise ValueError(f"member {name!r} declares {usize} bytes, more than the file holds")
-        info = read_npy_header(fd, start, end, block[skip:skip + usize])
+        info = read_npy_header(src, start, end, block[skip:skip + usize])
         if info.offset + info.nbytes != end:
             raise ValueError(f"member {name!r}: its header's shape does not match its size")
         out[name[:-4]] = info

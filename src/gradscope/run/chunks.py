@@ -34,6 +34,14 @@ class Chunk:
     steps: int
     arrays: dict[str, npyfile.ArrayInfo] = field(default_factory=dict)
     loaded: dict[str, np.ndarray] | None = None  # a compressed chunk, read whole by np.load
+    size: int = 0
+
+    def layout_key(self) -> tuple | None:
+        """Equal for chunks whose bytes lie at the same places (every full chunk of one run); None
+        when the chunk cannot be read in a group."""
+        if self.loaded is not None or self.size > WHOLE_READ_BYTES or any(a.fortran for a in self.arrays.values()):
+            return None
+        return (self.size, self.steps, tuple((k, a.offset, a.dtype.str, a.shape) for k, a in self.arrays.items()))
 
 
 def list_chunks(chunk_dir: Path) -> list[tuple[int, Path]]:
@@ -93,7 +101,7 @@ def scan_chunk(path: Path, index: int, widths: dict[str, int]) -> Chunk:
     finally:
         os.close(fd)
     t = check({k: (v.shape, v.dtype) for k, v in infos.items()}, widths)
-    return Chunk(path, index, t, infos)
+    return Chunk(path, index, t, infos, size=size)
 
 
 def _load_compressed(path: Path, index: int, widths: dict[str, int]) -> Chunk:
@@ -161,6 +169,39 @@ def allocate(spec: dict[str, tuple[tuple[int, ...], np.dtype, bool]], prefilled:
             for k, (shape, dtype, complete) in spec.items()}
 
 
+def _groups(chunks: list[Chunk], most: int = 64) -> list[list[int]]:
+    """Runs of consecutive chunks with the same layout (at most ``most``), singletons otherwise."""
+    groups: list[list[int]] = []
+    prev = None
+    for i, c in enumerate(chunks):
+        key = c.layout_key()
+        if key is not None and key == prev and len(groups[-1]) < most:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+        prev = key
+    return groups
+
+
+def _fill_group(group: list[Chunk], out: dict[str, np.ndarray], row0: int) -> None:
+    """Chunks of one layout: read each file whole into a row of one buffer, then one strided copy per
+    array for the whole group (instead of one per array and chunk)."""
+    first = group[0]
+    buf = np.empty((len(group), first.size), np.uint8)
+    for i, c in enumerate(group):
+        fd, size = npyfile.open_regular(c.path)
+        try:
+            if size != first.size or os.preadv(fd, [memoryview(buf[i])], 0) != size:
+                raise ValueError("changed while being read")
+        finally:
+            os.close(fd)
+    k, t = len(group), first.steps
+    for key, info in first.arrays.items():
+        src = buf[:, info.offset:info.offset + info.nbytes].view(info.dtype).reshape((k,) + info.shape)
+        dest = out[key][row0:row0 + k * t].reshape((k, t) + out[key].shape[1:])
+        (dest[..., : info.shape[1]] if dest.ndim == 3 else dest)[...] = src
+
+
 def fill(chunks: list[Chunk], out: dict[str, np.ndarray], row0: int = 0) -> list[tuple[Chunk, Exception]]:
     """Read every chunk into its rows of ``out`` starting at ``row0``; return the chunks that failed
     (their rows are left as they were)."""
@@ -176,10 +217,21 @@ def fill(chunks: list[Chunk], out: dict[str, np.ndarray], row0: int = 0) -> list
         except Exception as exc:  # whatever a damaged file raises, only this chunk is lost
             failed.append((chunks[i], exc))
 
-    if len(chunks) > 8 and THREADS > 1:
-        with ThreadPoolExecutor(THREADS, thread_name_prefix="gradscope-read") as pool:
-            list(pool.map(one, range(len(chunks))))
-    else:
-        for i in range(len(chunks)):
+    def group(idx: list[int]) -> None:
+        if len(idx) > 1:
+            try:
+                _fill_group([chunks[i] for i in idx], out, starts[idx[0]])
+                return
+            except Exception:  # noqa: BLE001 (one chunk of the group is bad: read them one by one)
+                pass
+        for i in idx:
             one(i)
+
+    groups = _groups(chunks)
+    if len(groups) > 2 and THREADS > 1:
+        with ThreadPoolExecutor(THREADS, thread_name_prefix="gradscope-read") as pool:
+            list(pool.map(group, groups))
+    else:
+        for g in groups:
+            group(g)
     return failed

@@ -59,3 +59,41 @@ def test_demo_into_a_file_is_an_error(tmp_path):
     f.write_text("x")
     result = CliRunner().invoke(main, ["demo", "--out", str(f), "--steps", "10"])
     assert result.exit_code == 2
+
+
+def test_compact_command_merges_a_killed_run_and_rejects_non_runs(tmp_path):
+    import shutil
+
+    import numpy as np
+    import torch
+
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt, log_dir=tmp_path / "run", flush_every=2, tensorboard=False):
+        for _ in range(5):
+            model(torch.randn(4, 3)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    before = gradscope.load_run(tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "merged")  # as a killed process leaves it: chunks only
+    result = CliRunner().invoke(main, ["compact", str(tmp_path / "run")])
+    assert result.exit_code == 0 and "merged" in result.output
+    assert (tmp_path / "run" / "merged").is_dir()
+    after = gradscope.load_run(tmp_path / "run")
+    np.testing.assert_array_equal(after.metric("param", "grad_norm"), before.metric("param", "grad_norm"))
+    bad = CliRunner().invoke(main, ["compact", str(tmp_path / "nope")])
+    assert bad.exit_code == 2
+
+
+def test_overwrite_clears_merged_arrays(tmp_path):
+    import torch
+
+    model = torch.nn.Linear(3, 1)
+    for steps in (4, 2):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradscope.watch(model, opt, log_dir=tmp_path / "run", overwrite=True, tensorboard=False):
+            for _ in range(steps):
+                model(torch.randn(4, 3)).sum().backward()
+                opt.step()
+                opt.zero_grad()
+    assert gradscope.load_run(tmp_path / "run").num_steps == 2

@@ -284,5 +284,21 @@ def compare(task: str, activations: str | None, clip: str | None, depth: str | N
         sys.exit(130)
 
 
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+def compact(runs: tuple[Path, ...]) -> None:
+    """Merge RUN chunks into RUN/merged/ for fast reading (e.g. a run from a killed process)."""
+    from gradscope.run.compact import compact_run
+
+    for path in runs:
+        try:
+            done = compact_run(path)
+        except RunError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(f"{path}: cannot be compacted ({exc}); check free space and permissions")
+        _console().print(f"{path}: {'merged' if done else 'nothing new to merge (or a damaged chunk)'}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -49,6 +49,7 @@ class Scope:
         overwrite: bool = False,
         tensorboard: bool | None = None,
         scaler: torch.amp.GradScaler | None = None,
+        compact: bool = True,
     ) -> None:
         check_args(model, optimizer, every, flush_every, update_every, include, exclude)
         model = getattr(model, "_orig_mod", model)  # a torch.compile'd module: name rows as the original
@@ -84,7 +85,8 @@ class Scope:
         self._closed = False
         self._buffers = StepBuffers(flush_every, self._device, {"param": len(self._rows)})
         self._writer: RunWriter | NullWriter = (
-            RunWriter(self.log_dir, make_sinks(self.log_dir, tensorboard)) if self._rank0 else NullWriter()
+            RunWriter(self.log_dir, make_sinks(self.log_dir, tensorboard), compact=compact)
+            if self._rank0 else NullWriter()
         )
         self._scaler = scaler
         self._seen_fwd: set[int] = set()
@@ -515,6 +517,7 @@ def watch(
     overwrite: bool = False,
     tensorboard: bool | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    compact: bool = True,
 ) -> Scope:
     """Watch ``model`` (and ``optimizer``): record gradient and activation health to ``log_dir``.
 
@@ -522,10 +525,11 @@ def watch(
     N-th optimizer step; ``update_every`` samples the update ratio (it needs a weight copy) every N
     recorded steps; ``flush_every`` steps are copied to the host and written at once;
     ``scaler``: the GradScaler under AMP, so statistics are unscaled and skipped steps recorded;
-    ``tensorboard`` mirrors the run into ``log_dir/tb`` (None: when tensorboard is installed).
+    ``tensorboard`` mirrors the run into ``log_dir/tb`` (None: when tensorboard is installed);
+    ``compact`` merges the chunks into one memory-mappable array per metric at close (fast reading).
     """
     return Scope(
         model, optimizer, log_dir=log_dir, include=include, exclude=exclude, every=every,
         flush_every=flush_every, activations=activations, flow=flow, update_every=update_every,
-        overwrite=overwrite, tensorboard=tensorboard, scaler=scaler,
+        overwrite=overwrite, tensorboard=tensorboard, scaler=scaler, compact=compact,
     )

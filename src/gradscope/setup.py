@@ -70,7 +70,9 @@ def clear_run(path: Path) -> None:
 
     for name in (fmt.MANIFEST, fmt.EVENTS):
         (path / name).unlink(missing_ok=True)
-    for name in (fmt.CHUNK_DIR, fmt.TB_DIR):
+    from gradscope.run import merged
+
+    for name in (fmt.CHUNK_DIR, fmt.TB_DIR, merged.DIR):
         shutil.rmtree(path / name, ignore_errors=True)
 
 

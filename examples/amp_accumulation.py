@@ -20,8 +20,8 @@ scaler = torch.amp.GradScaler(device, init_scale=2.0**14)
 x, y = torch.randn(4096, 32, device=device), torch.randint(0, 4, (4096,), device=device)
 
 with gradscope.watch(model, opt, log_dir="runs/amp", scaler=scaler, overwrite=True) as scope:
-    for step in range(100):
-        for micro in range(accum):
+    for _step in range(100):
+        for _micro in range(accum):
             idx = torch.randint(0, len(x), (32,), device=device)
             with torch.autocast(device, dtype=dtype):
                 loss = nn.functional.cross_entropy(model(x[idx]), y[idx]) / accum

@@ -14,7 +14,7 @@ opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 x, y = torch.randn(2048, 20), torch.randint(0, 2, (2048,))
 
 with gradscope.watch(model, opt, log_dir="runs/plain", overwrite=True) as scope:  # the one line
-    for step in range(200):
+    for _step in range(200):
         idx = torch.randint(0, len(x), (64,))
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         loss.backward()

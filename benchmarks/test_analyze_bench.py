@@ -3,7 +3,7 @@
 Not part of the normal test suite (testpaths = tests). Run:
 
     pytest benchmarks/test_analyze_bench.py --benchmark-only -s
-    python benchmarks/test_analyze_bench.py curve    # steps -> seconds table for ANALYZE.md
+    python benchmarks/test_analyze_bench.py curve    # steps -> seconds table for README.md
 
 The run directory is written once per session with RunWriter in 1000 chunks of 100 steps (what
 watch(flush_every=100) produces), with realistic noise, a few spikes and a vanishing trend, so

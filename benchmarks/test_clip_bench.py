@@ -1,6 +1,6 @@
 """Global-norm clipping on CPU: gradscope's torch path (with per-tensor stats) vs torch's foreach clip.
 
-Run: ``pytest benchmarks/test_clip_bench.py --benchmark-only -s``. Results: benchmarks/CLIP.md.
+Run: ``pytest benchmarks/test_clip_bench.py --benchmark-only -s``. Results: benchmarks/README.md.
 Grads: BERT-base (199 tensors, ~109.5M fp32 elements) and a small MLP-like set (16 tensors, ~0.47M).
 
 * ``noclip`` steps: max_norm = 1e30 (coef = 1: gradscope skips the write pass, torch multiplies by 1).
@@ -12,7 +12,7 @@ Grads: BERT-base (199 tensors, ~109.5M fp32 elements) and a small MLP-like set (
 
 ``test_clip_grad_norm`` times each implementation on its own (pytest-benchmark table);
 ``test_interleaved`` alternates them round by round, so a change in machine load hits all alike, and
-prints torch time / gradscope time (min and median over rounds): the figures in CLIP.md.
+prints torch time / gradscope time (min and median over rounds): the figures in README.md.
 """
 
 from __future__ import annotations

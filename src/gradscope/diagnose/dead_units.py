@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradscope.diagnose._util import longest_run, stretch
+from gradscope.diagnose._util import persistent_rows, stretch
 from gradscope.diagnose.findings import Finding, Severity
 from gradscope.run.reader import Run
 
@@ -29,24 +29,10 @@ DEFAULTS: dict[str, float] = {
 
 
 def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
-    dead = run.metric("act", "dead_frac")
     rows = run.rows_of("act")
-    nonfinite = run.metric("act", "nonfinite")
-    with np.errstate(invalid="ignore"):
-        valid_all = ~np.isnan(dead) & ~(nonfinite > 0)  # NaN outputs say nothing about units
-        hit_all = valid_all & (dead >= cfg["frac"])
-    n_all = valid_all.sum(axis=0)
-    frac_all = hit_all.sum(axis=0) / np.maximum(n_all, 1)
     findings = []
-    for c in run.depth_order("act"):
-        n = int(n_all[c])
-        if n == 0 or frac_all[c] < cfg["persist"]:
-            continue
-        col, valid, hit, frac = dead[:, c], valid_all[:, c], hit_all[:, c], float(frac_all[c])
-        _, longest = longest_run(hit[valid])
-        if longest < min(int(cfg["min_steps"]), n):
-            continue
-        med = float(np.median(col[hit]))
+    for p in persistent_rows(run, "dead_frac", cfg):
+        c, col, valid, hit, frac, longest, med = p.col, p.values, p.valid, p.hit, p.frac_steps, p.longest, p.median
         sev = Severity.ERROR if med >= cfg["error_frac"] else Severity.WARNING
         r = rows[c]
         ev = {"dead_frac_median": med, "dead_frac_max": float(np.max(col[valid])),

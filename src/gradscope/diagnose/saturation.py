@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradscope.diagnose._util import longest_run, stretch
+from gradscope.diagnose._util import persistent_rows, stretch
 from gradscope.diagnose.findings import Finding, Severity
 from gradscope.run.reader import Run
 
@@ -27,24 +27,10 @@ DEFAULTS: dict[str, float] = {
 
 
 def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
-    sat = run.metric("act", "sat_frac")
     rows = run.rows_of("act")
-    nonfinite = run.metric("act", "nonfinite")
-    with np.errstate(invalid="ignore"):
-        valid_all = ~np.isnan(sat) & ~(nonfinite > 0)  # NaN outputs say nothing about units
-        hit_all = valid_all & (sat >= cfg["frac"])
-    n_all = valid_all.sum(axis=0)
-    frac_all = hit_all.sum(axis=0) / np.maximum(n_all, 1)
     findings = []
-    for c in run.depth_order("act"):
-        n = int(n_all[c])
-        if n == 0 or frac_all[c] < cfg["persist"]:
-            continue
-        col, valid, hit, frac = sat[:, c], valid_all[:, c], hit_all[:, c], float(frac_all[c])
-        _, longest = longest_run(hit[valid])
-        if longest < min(int(cfg["min_steps"]), n):
-            continue
-        med = float(np.median(col[hit]))
+    for p in persistent_rows(run, "sat_frac", cfg):
+        c, col, valid, hit, frac, longest, med = p.col, p.values, p.valid, p.hit, p.frac_steps, p.longest, p.median
         r = rows[c]
         sev = Severity.ERROR if med >= cfg["error_frac"] else Severity.WARNING
         ev = {"sat_frac_median": med, "sat_frac_max": float(np.max(col[valid])),

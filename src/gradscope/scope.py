@@ -206,7 +206,7 @@ class Scope:
             self._handles.append(amp.ScalerPatch(self._scaler, self._on_scaler_update))
         from gradscope.clip import add_listener
 
-        self._handles.append(add_listener(self._on_clip))
+        self._handles.append(add_listener(self._on_clip, wants_full=self._clip_wants_full))
 
     # -- step bookkeeping -----------------------------------------------------------------------
     def _scheduled(self) -> bool:
@@ -381,6 +381,10 @@ class Scope:
         if inv is not None:  # grads are still multiplied by the loss scale at backward time
             norm, maxabs = norm * inv.to(self._device), maxabs * inv.to(self._device)
         return idx, norm, maxabs, nonfinite
+
+    def _clip_wants_full(self) -> bool:
+        """A clip measures max |g| for us only on steps we record."""
+        return not self._closed and self._scheduled()
 
     def _on_clip(self, params: list[Tensor], result: Any) -> None:
         """A gradscope clip measured the gradients: reuse its per-tensor statistics (pre-clip)."""

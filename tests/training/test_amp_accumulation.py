@@ -183,3 +183,21 @@ def test_scope_reuses_a_clip_pass_that_measured_everything(tmp_path):
     assert len(calls) == 1, "after the first clip the Scope must not measure gradients itself"
     np.testing.assert_allclose(run.metric("param", "grad_max"), fake_max, rtol=1e-6)
     assert run.scalars["clip_coef"].tolist() == [0.5] * 3
+
+
+def test_clip_auto_stats_measure_max_only_on_recorded_steps(tmp_path):
+    from gradscope.clip import _listeners
+
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    assert not _listeners.active()
+    with gradscope.watch(model, opt, log_dir=tmp_path / "r", every=2):
+        for x, y in data(4):
+            ((model(x) - y) ** 2).mean().backward()
+            seen.append(_listeners.active())
+            gs_clip(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+    assert seen == [True, False, True, False]
+    assert not _listeners.active()

@@ -25,18 +25,32 @@ class ListenerHandle:
 
     def remove(self) -> None:
         _LISTENERS.pop(self._key, None)
+        _WANTS.pop(self._key, None)
 
 
-def add_listener(fn: Callable) -> ListenerHandle:
-    """Call ``fn(parameters: list[Tensor], result: ClipResult)`` after every clip; keep the handle."""
+_WANTS: dict[int, Callable[[], bool]] = {}
+
+
+def add_listener(fn: Callable, wants_full: Callable[[], bool] | None = None) -> ListenerHandle:
+    """Call ``fn(parameters: list[Tensor], result: ClipResult)`` after every clip; keep the handle.
+
+    ``wants_full()``, when given, says whether this listener uses max |g| at the coming clip (a Scope
+    recording every N-th step does not on the others); without it the listener always does.
+    """
     key = next(_IDS)
     _LISTENERS[key] = fn
+    if wants_full is not None:
+        _WANTS[key] = wants_full
     return ListenerHandle(key)
 
 
 def active() -> bool:
-    """Whether any listener is registered (then ``stats="auto"`` measures max |g| for it)."""
-    return bool(_LISTENERS)
+    """Whether a listener wants full statistics now (then ``stats="auto"`` measures max |g| for it)."""
+    return any(_WANTS.get(key, _always)() for key in _LISTENERS)
+
+
+def _always() -> bool:
+    return True
 
 
 def notify(parameters: list, result: ClipResult) -> None:

@@ -34,3 +34,21 @@ def test_kernels_importable_from_an_installed_wheel(tmp_path):
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
                          capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().startswith(str(target))
+
+
+def test_analyze_does_not_import_torch(tmp_path):
+    """Reading and diagnosing a run needs numpy only: the CLI starts in a fraction of a second."""
+    import torch
+
+    import gradscope
+
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt, log_dir=tmp_path / "run", tensorboard=False):
+        model(torch.randn(2, 3)).sum().backward()
+        opt.step()
+    code = ("import sys; from click.testing import CliRunner; from gradscope.cli import main; "
+            f"r = CliRunner().invoke(main, ['analyze', {str(tmp_path / 'run')!r}, '--format', 'json']); "
+            "print(r.exit_code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "False"], out.stdout + out.stderr

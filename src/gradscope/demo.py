@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
+from gradscope.diagnose import diagnose
 from gradscope.experiments.data import spirals
 from gradscope.experiments.models import mlp
-from gradscope.report import layer_summary, layer_table
+from gradscope.report import layer_summary, layer_table, verdict
 from gradscope.run.reader import load_run
 from gradscope.scope import watch
 
@@ -59,7 +60,10 @@ def run_demo(out: Path, steps: int = 300, depth: int = 12, seed: int = 0, consol
         console.print(layer_table(run, title=f"{act}: gradient norm by depth ({run.num_steps} steps)"))
         rows = [r for r in layer_summary(run) if r["name"].endswith("weight")]
         ratio = rows[0]["median"] / rows[-1]["median"] if rows and rows[-1]["median"] else float("nan")
+        findings = diagnose(run)
+        kinds = sorted({f.kind for f in findings if f.severity.value != "info"})
         console.print(f"  {act}: final loss {res['loss']:.3f}, accuracy {res['accuracy']:.1%}, "
-                      f"median grad norm first/last layer = {ratio:.2e}\n")
+                      f"median grad norm first/last layer = {ratio:.2e}")
+        console.print(f"  verdict: {verdict(findings)}" + (f" ({', '.join(kinds)})" if kinds else "") + "\n")
     console.print(f"runs written to {out}/sigmoid and {out}/leaky_relu; "
                   f"inspect with: gradscope analyze {out}/sigmoid")

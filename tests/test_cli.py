@@ -40,6 +40,7 @@ def test_demo_writes_two_runs_showing_vanishing_gradients(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(out), "--steps", "40"])
     assert result.exit_code == 0, result.output
     assert "sigmoid" in result.output and "leaky_relu" in result.output
+    assert "verdict: 1 error (vanishing_gradient)" in result.output
     sig = gradscope.load_run(out / "sigmoid")
     leaky = gradscope.load_run(out / "leaky_relu")
     assert sig.num_steps == leaky.num_steps == 40

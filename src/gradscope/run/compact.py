@@ -19,7 +19,7 @@ import numpy as np
 from gradscope.run import chunks as chunks_mod
 from gradscope.run import format as fmt
 from gradscope.run import merged
-from gradscope.run.reader import RunError, _read_manifest, _started
+from gradscope.run.reader import RunError, _read_manifest, _started, open_checked_merged
 
 BLOCK_BYTES = 64 << 20  # rows are written in blocks of about this size
 
@@ -39,10 +39,7 @@ def compact_run(path: str | os.PathLike[str]) -> bool:
     widths = {k: sum(r.kind == k for r in rows) for k in fmt.KINDS}
     started = _started(manifest)
     try:
-        old = merged.open_merged(path, started)
-        if old is not None:
-            old.arrays = {k: a for k, a in old.arrays.items() if chunks_mod.wanted(k)}
-            chunks_mod.check({k: (a.shape, a.dtype) for k, a in old.arrays.items()}, widths)
+        old = open_checked_merged(path, manifest, widths)
     except (OSError, ValueError):
         old = None  # rebuilt from the chunks, which are all still there
     files = [(i, f) for i, f in chunks_mod.list_chunks(path / fmt.CHUNK_DIR) if old is None or i >= old.upto]

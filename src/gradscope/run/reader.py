@@ -147,15 +147,23 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     return Run(path, manifest, rows, steps, metrics, scalars, events, msgs)
 
 
+def open_checked_merged(path: Path, manifest: dict[str, Any], widths: dict[str, int]) -> Any:
+    """The run's merged arrays (or None), restricted to known keys and checked against ``widths``.
+
+    Raises OSError/ValueError when they exist but do not fit; callers fall back to the chunks.
+    """
+    old = merged.open_merged(path, _started(manifest))
+    if old is not None:
+        old.arrays = {k: a for k, a in old.arrays.items() if chunks_mod.wanted(k)}
+        chunks_mod.check({k: (a.shape, a.dtype) for k, a in old.arrays.items()}, widths)
+    return old
+
+
 def read_tables(path: Path, manifest: dict[str, Any], widths: dict[str, int],
                 msgs: list[str]) -> dict[str, np.ndarray]:
     """Every array of the run: ``step``, each metric key (NaN where not recorded), ``scalar/*``."""
-    started = _started(manifest)
     try:
-        old = merged.open_merged(path, started)
-        if old is not None:
-            old.arrays = {k: a for k, a in old.arrays.items() if chunks_mod.wanted(k)}
-            chunks_mod.check({k: (a.shape, a.dtype) for k, a in old.arrays.items()}, widths)
+        old = open_checked_merged(path, manifest, widths)
     except (OSError, ValueError) as exc:
         _warn(msgs, f"{path / merged.DIR}: ignored ({exc}); reading the chunks instead")
         old = None

@@ -366,3 +366,42 @@ def test_activation_rows_carry_the_output_shape(run_dir):
     run = gradscope.load_run(run_dir)
     assert [r.shape for r in run.rows_of("act")] == [[16, 12], [16, 12], [16, 12], [16, 12], [16, 3]]
     assert [r.shape for r in run.rows_of("flow")] == [r.shape for r in run.rows_of("act")]
+
+
+def _hooked(model: nn.Module) -> int:
+    mods = sum(len(m._forward_hooks) for m in model.modules())
+    params = sum(len(p._post_accumulate_grad_hooks or {}) for p in model.parameters())
+    return mods + params
+
+
+def test_every_records_what_every_step_records_with_hooks_only_on_recorded_steps(tmp_path):
+    """every=3 detaches the module and gradient hooks between recorded steps; the recorded steps hold
+    exactly what an every-step run records at the same steps, and pre-step logs land on their own step."""
+    runs, hooked = {}, {}
+    for every in (1, 3):
+        torch.manual_seed(0)
+        model = mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(1)
+        counts = []
+        with gradscope.watch(model, opt, log_dir=tmp_path / str(every), every=every, update_every=1,
+                             tensorboard=False) as scope:
+            for _ in range(10):
+                counts.append(_hooked(model))
+                x, y = torch.randn(16, 6, generator=g), torch.randn(16, 3, generator=g)
+                loss = ((model(x) - y) ** 2).mean()
+                scope.log(pre=loss)  # logged before optimizer.step(): belongs to this step
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                scope.log(loss=loss)
+        runs[every], hooked[every] = gradscope.load_run(tmp_path / str(every)), counts
+    dense, sparse = runs[1], runs[3]
+    assert sparse.steps.tolist() == [0, 3, 6, 9]
+    assert all(c > 0 for c in hooked[1])
+    assert [c > 0 for c in hooked[3]] == [s % 3 == 0 for s in range(10)], hooked[3]
+    for key, values in sparse.metrics.items():
+        np.testing.assert_allclose(values, dense.metrics[key][[0, 3, 6, 9]], rtol=1e-6, err_msg=key)
+    for name in ("loss", "pre", "grad_norm"):
+        np.testing.assert_allclose(sparse.scalars[name], dense.scalars[name][[0, 3, 6, 9]], rtol=1e-6)
+    np.testing.assert_array_equal(sparse.scalars["pre"], sparse.scalars["loss"])

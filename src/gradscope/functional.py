@@ -28,6 +28,7 @@ BOUNDED_RANGES: dict[str, tuple[float, float]] = {
 }
 # Module types whose units can die: a unit with no positive output has zero gradient.
 DEAD_UNIT_TYPES = frozenset({"ReLU", "ReLU6", "Threshold"})
+NONNEGATIVE_TYPES = frozenset({"ReLU", "ReLU6"})  # outputs are >= 0 (or NaN): sign(y) is 0 or 1
 
 
 def _stat_dtype(device: torch.device) -> torch.dtype:
@@ -82,6 +83,18 @@ def grad_stats(tensors: Sequence[Tensor], exact_nonfinite: bool = True) -> tuple
     finite = torch.stack([torch.isfinite(t).sum().to(out_device) for t in tensors])
     numel = torch.tensor([t.numel() for t in tensors], device=out_device)
     return norm, maxabs, (numel - finite).to(torch.float32)
+
+
+def sumsq(y: Tensor) -> Tensor:
+    """Sum of squares of a float tensor as a 0-d tensor: a BLAS dot where it is contiguous.
+
+    The dot is one vectorised pass (about half the time of ``vector_norm`` on the CPU, and closer to
+    the float64 value); other layouts fall back to the fused norm, squared.
+    """
+    if y.is_contiguous() and y.numel() > 0:
+        v = y.view(-1)
+        return torch.dot(v, v)
+    return torch._foreach_norm([y])[0].square()
 
 
 def total_norm(norms: Tensor, norm_type: float = 2.0) -> Tensor:

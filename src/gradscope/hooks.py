@@ -37,6 +37,13 @@ def forward_hook(scope: Scope, module_index: int) -> Callable[[nn.Module, Any, A
     return hook
 
 
+def root_pre_hook(scope: Scope) -> Callable[[nn.Module, Any], None]:
+    def hook(module: nn.Module, args: Any) -> None:
+        scope._on_root_forward()
+
+    return hook
+
+
 def flow_hook(scope: Scope, row: int) -> Callable[[Tensor], None]:
     def hook(grad: Tensor) -> None:
         scope._on_flow(row, grad)

@@ -21,6 +21,7 @@ class ParamRecording:
 
     _closed: bool
     _cb_queued: bool
+    _mark_stepped: Any
     _pending: tuple[tuple[int, ...], Tensor, Tensor, Tensor] | None
 
     def _on_grad_accumulated(self, param: Tensor) -> None:
@@ -123,7 +124,7 @@ class ParamRecording:
             self.event("amp_skip")
             if self._scheduled():
                 self._record_params()
-            self._stepped = True
+            self._mark_stepped()
 
     def _on_optimizer_pre_step(self, opt: torch.optim.Optimizer) -> None:
         if self._closed or not self._update_sampled():
@@ -140,7 +141,8 @@ class ParamRecording:
         if primary:
             self._begin_activity()
         if not self._scheduled():
-            self._stepped = self._stepped or primary
+            if primary:
+                self._mark_stepped()
             return
         slot = self._ensure_slot()
         if before is not None:
@@ -155,7 +157,7 @@ class ParamRecording:
             self._record_params()
             for g, group in enumerate(opt.param_groups):
                 self._buffers.put_scalar("lr" if g == 0 else f"lr_group{g}", slot, group["lr"])
-            self._stepped = True
+            self._mark_stepped()
 
     def _opt_cols(self, opt: torch.optim.Optimizer) -> list[int]:
         """Watched trainable columns this optimizer updates (cached; rebuilt if its groups change)."""

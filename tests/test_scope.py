@@ -169,6 +169,26 @@ def test_no_host_sync_guard_catches_a_sync(run_dir, no_host_sync):
     assert mode.violations, "the guard missed an .item() call in gradscope code"
 
 
+def test_no_host_sync_guard_catches_per_step_index_building(run_dir, no_host_sync):
+    """Negative control: scatter indices rebuilt from Python lists every step would be a
+    host-to-device copy per step on an accelerator; the guard sees them."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scope = gradscope.watch(model, opt, log_dir=run_dir)
+    original = scope._sums.reduce
+
+    def uncached(rows):
+        scope._sums._plans.clear()
+        return original(rows)
+
+    scope._sums.reduce = uncached
+    mode = no_host_sync(scope)
+    with mode:
+        train(model, opt, scope, 4)
+    scope.close()
+    assert any("accumulators.py" in v for v in mode.violations), mode.violations
+
+
 def test_frozen_and_missing_grads_are_recorded_as_such(run_dir):
     class Branchy(nn.Module):
         def __init__(self):

@@ -7,6 +7,7 @@ per-tensor vector) and max |g| takes the max, before norms are taken.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -49,6 +50,12 @@ def _replication(t: Tensor) -> float:
     return float(n)
 
 
+@functools.lru_cache(maxsize=16)
+def _weights(values: tuple[float, ...], device: torch.device) -> Tensor:
+    """Per-tensor replication weights on the device, built once (a host-to-device copy waits)."""
+    return torch.tensor(values, device=device)
+
+
 def sharded_grad_stats(grads: Sequence[Tensor], exact_nonfinite: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """grad_stats for DTensor gradients: local partial sums, then one SUM and one MAX all-reduce.
 
@@ -59,8 +66,7 @@ def sharded_grad_stats(grads: Sequence[Tensor], exact_nonfinite: bool = False) -
 
     local = [g.to_local() if is_dtensor(g) else g for g in grads]
     norm, maxabs, nonfinite = F.grad_stats(local, exact_nonfinite=exact_nonfinite)
-    weights = torch.tensor([1.0 / _replication(g) if is_dtensor(g) else 1.0 for g in grads],
-                           device=norm.device)
+    weights = _weights(tuple(1.0 / _replication(g) if is_dtensor(g) else 1.0 for g in grads), norm.device)
     summed = torch.cat([norm.square() * weights, nonfinite * weights])
     meshes = [g.device_mesh for g in grads if is_dtensor(g)]  # type: ignore[attr-defined]
     group = meshes[0].get_group() if meshes and meshes[0].ndim == 1 else None

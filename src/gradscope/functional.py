@@ -123,6 +123,13 @@ def unit_active(y: Tensor) -> Tensor:
     return y.amax(dim=_unit_dims(y)) > 0
 
 
+def unit_sums(y: Tensor) -> Tensor:
+    """Per unit, the sum of its outputs over the batch (and positions); ``y`` has at least 2 dims."""
+    if y.dim() < 4 and y.is_contiguous():
+        return y.reshape(-1, y.shape[-1]).sum(0)
+    return y.sum(dim=_unit_dims(y))
+
+
 def activation_sums(y: Tensor, module_type: str = "") -> Tensor:
     """One module output summarised as sums that add across calls (float64 vector, ACT_SUM_FIELDS order).
 

@@ -275,15 +275,13 @@ class Scope(ParamRecording):
         """Turn the step's activation and flow sums into statistics in its slot; reset the sums."""
         slot = self._slot
         assert slot is not None
-        act, flow, dead = self._sums.reduce(len(self._act_rows))
+        act, flow, dead_index, dead_frac = self._sums.reduce(len(self._act_rows))
         if self._act_rows and self.activations:
             stats = F.activation_stats(act)
             for name in ("mean", "std", "zero_frac", "sat_frac", "nonfinite"):
                 self._buffers.put("act", name, slot, stats[name].float())
-            if dead:
-                rows = list(dead)
-                frac = torch.stack([1 - dead[r].float().mean() for r in rows])
-                self._buffers.put("act", "dead_frac", slot, frac, cols=self._device_index(rows))
+            if dead_index is not None and dead_frac is not None:
+                self._buffers.put("act", "dead_frac", slot, dead_frac, cols=dead_index)
         if self._act_rows and self.flow:
             calls, sumsq, nonfinite = flow.unbind(1)
             hit = calls > 0

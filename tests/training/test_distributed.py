@@ -48,6 +48,7 @@ def _ddp_worker(rank: int, init_file: str, log_dir: str, nan_rank: int) -> None:
                 ((model(xs) - y.chunk(2)[rank]) ** 2).mean().backward()
                 opt.step()
                 opt.zero_grad()
+        dist.barrier()  # leave together: tearing gloo down while the peer is mid-collective can abort
     finally:
         dist.destroy_process_group()
 
@@ -75,6 +76,7 @@ def _fsdp_worker(rank: int, init_file: str, log_dir: str, nan_rank: int) -> None
                 opt.step()
                 opt.zero_grad()
                 scope.log(clip_total=clipped[-1])
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

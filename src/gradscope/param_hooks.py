@@ -149,7 +149,8 @@ class ParamRecording:
             cols = self._opt_cols(opt)
             after = [self._watched[c].detach() for c in cols]
             weight = distributed.norms(after).to(self._device)
-            delta = distributed.norms(torch._foreach_sub(after, before)).to(self._device)
+            torch._foreach_sub_(before, after)  # the snapshot becomes -(update): no second weight copy
+            delta = distributed.norms(before).to(self._device)
             idx = self._device_index(cols)
             self._buffers.put("param", "weight_norm", slot, weight, cols=idx)
             self._buffers.put("param", "update_ratio", slot, delta / weight, cols=idx)

@@ -17,6 +17,7 @@ from torch import Tensor
 from gradscope import functional as F
 
 _SUM, _SUMSQ, _ZEROS, _NONFINITE, _SAT = 1, 2, 3, 4, 5  # columns of F.ACT_SUM_FIELDS
+_SCRATCH_MAX = 1 << 20  # elements: scratch buffers stay <= 4 MB each, at most 8 of them
 
 
 def _f32(y: Tensor) -> Tensor:
@@ -42,6 +43,7 @@ class StepSums:
         self.device = device
         self.dtype = F._stat_dtype(device)
         self._plans: dict[tuple, _Plan] = {}
+        self._scratch: dict[tuple, Tensor] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -72,7 +74,7 @@ class StepSums:
                 per_unit = F.unit_sums(yf)
                 self.act_sum.append(per_unit.sum())
                 alive = per_unit > 0
-                self.nonzero.append(torch.sign(yf).sum())
+                self.nonzero.append(self._sign(yf).sum())
             else:
                 self.act_sum.append(yf.sum())
                 alive = F.unit_active(yf)
@@ -86,6 +88,19 @@ class StepSums:
             centre, half = bounded
             self.sat_calls.append(call)
             self.sat.append(((yf - centre).abs() > half * F.SATURATION_MARGIN).sum())
+
+    def _sign(self, y: Tensor) -> Tensor:
+        """sign(y) into a reused buffer for small CPU tensors: allocating a fresh 0.5 MB output costs
+        as much as computing it there (CUDA's caching allocator makes fresh outputs cheap)."""
+        if y.device.type != "cpu" or y.numel() > _SCRATCH_MAX:
+            return torch.sign(y)
+        key = (tuple(y.shape), y.dtype)
+        buf = self._scratch.get(key)
+        if buf is None:
+            if len(self._scratch) >= 8:
+                self._scratch.clear()
+            buf = self._scratch[key] = torch.empty_like(y, memory_format=torch.contiguous_format)
+        return torch.sign(y, out=buf)
 
     def add_flow(self, row: int, grad: Tensor) -> None:
         """The gradient arriving at a module output: its sum of squares (non-finite with NaN/Inf)."""

@@ -71,6 +71,18 @@ def _cpu_maxabs(tensors: Sequence[Tensor]) -> Tensor:
     return torch.maximum(-lo, hi)  # NaN propagates, as in the inf-norm
 
 
+def _cpu_norm_maxabs(tensors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """L2 norm (BLAS dot) and max |x| (aminmax) of contiguous float32 CPU tensors, in one loop."""
+    sq, lo, hi = [], [], []
+    for t in tensors:
+        v = t.view(-1)
+        sq.append(torch.dot(v, v))
+        a, b = torch.aminmax(v)
+        lo.append(a)
+        hi.append(b)
+    return torch.stack(sq).sqrt(), torch.maximum(torch.stack(lo).neg_(), torch.stack(hi))
+
+
 def grad_stats(tensors: Sequence[Tensor], exact_nonfinite: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Per-tensor L2 norm, max |x| and non-finite count, each a float32 vector on the first tensor's device.
 
@@ -80,7 +92,11 @@ def grad_stats(tensors: Sequence[Tensor], exact_nonfinite: bool = True) -> tuple
     if len(tensors) == 0:
         empty = torch.empty(0, dtype=torch.float32)
         return empty, empty.clone(), empty.clone()
-    norm, maxabs = norms(tensors, 2.0), norms(tensors, float("inf"))
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and t.numel()
+           for t in tensors):
+        norm, maxabs = _cpu_norm_maxabs(tensors)
+    else:
+        norm, maxabs = norms(tensors, 2.0), norms(tensors, float("inf"))
     if not exact_nonfinite:
         return norm, maxabs, (~torch.isfinite(maxabs)).to(torch.float32)
     out_device = tensors[0].device

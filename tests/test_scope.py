@@ -425,3 +425,70 @@ def test_every_records_what_every_step_records_with_hooks_only_on_recorded_steps
     for name in ("loss", "pre", "grad_norm"):
         np.testing.assert_allclose(sparse.scalars[name], dense.scalars[name][[0, 3, 6, 9]], rtol=1e-6)
     np.testing.assert_array_equal(sparse.scalars["pre"], sparse.scalars["loss"])
+
+
+class _Shapes(nn.Module):
+    """ReLU-like outputs of every layout: NCHW (and channels-last), 3-D sequences, a module called
+    twice a step, the generic Threshold path, and a 1-D output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu, self.thr = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Threshold(0.1, -1.0)
+        self.lin, self.relu6, self.seq = nn.Linear(8 * 6 * 6, 16), nn.ReLU6(), nn.ReLU()
+        self.vec = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.thr(self.relu(self.conv(x)))
+        z = self.lin(h.flatten(1))
+        a, b = self.relu6(z), self.relu6(z * 3 - 2)  # one module, two calls
+        t = self.seq(a.view(-1, 4, 4) - 0.5)
+        v = self.vec(z[0] - 0.2)
+        return (a + b).sum(1) + t.sum((1, 2)) + v.sum()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_relu_like_stats_match_float64_reference_for_every_layout(run_dir, channels_last):
+    model = _Shapes()
+    with torch.no_grad():  # dead units to find: 3 of 8 conv channels, 4 of 16 linear units
+        model.conv.bias[:3] = -50.0
+        model.lin.bias[:4] = -50.0
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    calls: dict[str, list[torch.Tensor]] = {}
+    names = ["relu", "thr", "relu6", "seq", "vec"]
+    handles = [getattr(model, n).register_forward_hook(
+        lambda m, a, out, n=n: calls.setdefault(n, []).append(out.detach().double().clone())) for n in names]
+    g = torch.Generator().manual_seed(2)
+    steps = 3
+    with gradscope.watch(model, opt, log_dir=run_dir):
+        for _ in range(steps):
+            x = torch.randn(5, 3, 6, 6, generator=g)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for h in handles:
+        h.remove()
+    run = gradscope.load_run(run_dir)
+    cols = {r.name: c for c, r in enumerate(run.rows_of("act"))}
+    for name in names:
+        per_step = len(calls[name]) // steps
+        for s in range(steps):
+            ys = calls[name][s * per_step:(s + 1) * per_step]
+            flat = torch.cat([y.reshape(-1) for y in ys])
+            c = cols[name]
+            assert run.metric("act", "mean")[s, c] == pytest.approx(flat.mean().item(), rel=1e-5, abs=1e-6)
+            assert run.metric("act", "std")[s, c] == pytest.approx(flat.std(correction=0).item(), rel=1e-4)
+            assert run.metric("act", "zero_frac")[s, c] == pytest.approx((flat == 0).double().mean().item())
+            if ys[0].dim() >= 4:
+                alive = torch.stack([(y > 0).any(0).any(-1).any(-1) for y in ys]).any(0)
+            elif ys[0].dim() == 1:
+                alive = torch.stack([(y > 0).any().reshape(1) for y in ys]).any(0)
+            else:
+                alive = torch.stack([(y > 0).reshape(-1, y.shape[-1]).any(0) for y in ys]).any(0)
+            assert run.metric("act", "dead_frac")[s, c] == pytest.approx(1 - alive.double().mean().item()), name
+    assert len(calls["relu6"]) == 2 * steps
+    for name in ("relu", "relu6", "seq"):  # the reference is not trivially all-zero or all-positive
+        assert 0 < run.metric("act", "zero_frac")[0, cols[name]] < 1, name
+    assert run.metric("act", "dead_frac")[0, cols["relu"]] == pytest.approx(3 / 8)
+    assert run.metric("act", "dead_frac")[0, cols["relu6"]] == pytest.approx(4 / 16)

@@ -167,6 +167,7 @@ class Scope(ParamRecording):
             h.remove()
         self._handles.clear()
         self._detach_step_hooks()
+        self._fwd_hooks, self._flow_hooks, self._acc_hook = [], {}, None
         self._writer.close()
         atexit.unregister(self._atexit)
         self._model = None
@@ -197,6 +198,9 @@ class Scope(ParamRecording):
         # then marks where a step begins. A compiled model keeps its hooks (each change recompiles).
         self._toggle = module_hooks and self.every > 1 and self._model is not None and not self._compiled
         self._step_handles: list[Any] = []
+        self._fwd_hooks: list[Any] = []
+        self._flow_hooks: dict[int, Any] = {}
+        self._acc_hook: Any = None
         if not module_hooks:
             # No module hooks at all (nothing to break a torch.compile graph): parameter depth then
             # comes from the order gradients arrive in the first backward, reversed.
@@ -218,11 +222,14 @@ class Scope(ParamRecording):
     def _attach_step_hooks(self) -> None:
         """Forward hooks on the watched modules and gradient hooks on the trainable parameters."""
         if self.activations or self.flow:
-            for mi, (module, _) in enumerate(self._modules):
-                self._step_handles.append(module.register_forward_hook(hooks.forward_hook(self, mi)))
-        acc_hook = hooks.accumulate_grad_hook(self)
+            if len(self._fwd_hooks) != len(self._modules):
+                self._fwd_hooks = [hooks.forward_hook(self, mi) for mi in range(len(self._modules))]
+            for (module, _), hook in zip(self._modules, self._fwd_hooks, strict=True):
+                self._step_handles.append(module.register_forward_hook(hook))
+        if self._acc_hook is None:
+            self._acc_hook = hooks.accumulate_grad_hook(self)
         for i in self._trainable:
-            self._step_handles.append(self._params[i].register_post_accumulate_grad_hook(acc_hook))
+            self._step_handles.append(self._params[i].register_post_accumulate_grad_hook(self._acc_hook))
 
     def _detach_step_hooks(self) -> None:
         for h in self._step_handles:
@@ -350,7 +357,10 @@ class Scope(ParamRecording):
             self._sums.add_activation(r, y, module_type)
         if self.flow and y.requires_grad:
             # A tensor hook lives and dies with this step's graph; after close() it does nothing.
-            y.register_hook(hooks.flow_hook(self, r))
+            hook = self._flow_hooks.get(r)
+            if hook is None:
+                hook = self._flow_hooks[r] = hooks.flow_hook(self, r)
+            y.register_hook(hook)
 
     def _assign_depth(self, mi: int, info: Any) -> None:
         info.depth = self._next_depth

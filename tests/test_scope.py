@@ -394,9 +394,11 @@ def _hooked(model: nn.Module) -> int:
     return mods + params
 
 
-def test_every_records_what_every_step_records_with_hooks_only_on_recorded_steps(tmp_path):
+@pytest.mark.parametrize("micro", [1, 2])
+def test_every_records_what_every_step_records_with_hooks_only_on_recorded_steps(tmp_path, micro):
     """every=3 detaches the module and gradient hooks between recorded steps; the recorded steps hold
-    exactly what an every-step run records at the same steps, and pre-step logs land on their own step."""
+    exactly what an every-step run records at the same steps (also with gradient accumulation over
+    ``micro`` batches), and pre-step logs land on their own step."""
     runs, hooked = {}, {}
     for every in (1, 3):
         torch.manual_seed(0)
@@ -408,10 +410,11 @@ def test_every_records_what_every_step_records_with_hooks_only_on_recorded_steps
                              tensorboard=False) as scope:
             for _ in range(10):
                 counts.append(_hooked(model))
-                x, y = torch.randn(16, 6, generator=g), torch.randn(16, 3, generator=g)
-                loss = ((model(x) - y) ** 2).mean()
-                scope.log(pre=loss)  # logged before optimizer.step(): belongs to this step
-                loss.backward()
+                for _ in range(micro):
+                    x, y = torch.randn(16, 6, generator=g), torch.randn(16, 3, generator=g)
+                    loss = ((model(x) - y) ** 2).mean() / micro
+                    scope.log(pre=loss)  # logged before optimizer.step(): belongs to this step
+                    loss.backward()
                 opt.step()
                 opt.zero_grad()
                 scope.log(loss=loss)
@@ -492,3 +495,27 @@ def test_relu_like_stats_match_float64_reference_for_every_layout(run_dir, chann
         assert 0 < run.metric("act", "zero_frac")[0, cols[name]] < 1, name
     assert run.metric("act", "dead_frac")[0, cols["relu"]] == pytest.approx(3 / 8)
     assert run.metric("act", "dead_frac")[0, cols["relu6"]] == pytest.approx(4 / 16)
+
+
+def test_every_keeps_hooks_on_when_the_loop_calls_submodules(run_dir):
+    """Without calls to the watched model itself nothing marks where an unrecorded step begins: the
+    hooks then stay on, and a loss logged before optimizer.step() still lands on its own step."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    logged = []
+    with gradscope.watch(model, opt, log_dir=run_dir, every=3, tensorboard=False) as scope:
+        for _ in range(7):
+            x, y = batch()
+            h = x
+            for layer in model:  # submodules only
+                h = layer(h)
+            loss = ((h - y) ** 2).mean()
+            scope.log(pre=loss)
+            logged.append(loss.item())
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            assert _hooked(model) > 0
+    run = gradscope.load_run(run_dir)
+    assert run.steps.tolist() == [0, 3, 6]
+    np.testing.assert_allclose(run.scalars["pre"], np.array(logged)[[0, 3, 6]], rtol=1e-6)

@@ -201,6 +201,7 @@ class Scope(ParamRecording):
         self._fwd_hooks: list[Any] = []
         self._flow_hooks: dict[int, Any] = {}
         self._acc_hook: Any = None
+        self._root_seen = False
         if not module_hooks:
             # No module hooks at all (nothing to break a torch.compile graph): parameter depth then
             # comes from the order gradients arrive in the first backward, reversed.
@@ -239,6 +240,10 @@ class Scope(ParamRecording):
     def _mark_stepped(self) -> None:
         """The optimizer stepped: the step closes at the next activity. Hooks follow the schedule."""
         self._stepped = True
+        if self._toggle and not self._root_seen:
+            # The loop calls submodules, not the model: without the root pre-hook nothing would mark
+            # where an unrecorded step starts, so the hooks stay on.
+            self._toggle = False
         if self._toggle and not self._closed:
             wanted = (self._step + 1) % self.every == 0
             if wanted and not self._step_handles:
@@ -248,6 +253,7 @@ class Scope(ParamRecording):
 
     def _on_root_forward(self) -> None:
         """A forward of the whole model (hooks detached): a training forward begins a new step."""
+        self._root_seen = True
         if self._closed or self._model is None or not self._model.training or not torch.is_grad_enabled():
             return
         if not hooks.in_backward():

@@ -52,6 +52,10 @@ class LogCapture(transformers.TrainerCallback):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("hf") / "out")
+
+
+def train(out, **callback_kwargs):
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
     from transformers.integrations import TensorBoardCallback
 
@@ -59,13 +63,12 @@ def trained(tmp_path_factory):
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, num_labels=2)
     model = BertForSequenceClassification(config)
-    out = tmp_path_factory.mktemp("hf") / "out"
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=BATCH, gradient_accumulation_steps=ACCUM,
         max_grad_norm=1.0, learning_rate=5e-3, max_steps=STEPS, logging_steps=1, report_to="none",
         save_strategy="no", use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
     )
-    capture, callback = LogCapture(), GradScopeCallback(tensorboard=False)
+    capture, callback = LogCapture(), GradScopeCallback(tensorboard=False, **callback_kwargs)
     trainer = Trainer(model=model, args=args, train_dataset=RandomTokens(64, 100, 12),
                       callbacks=[callback, capture, TensorBoardCallback()])
     trainer.train()
@@ -82,6 +85,19 @@ def test_global_norm_equals_trainer_grad_norm(trained):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
     assert theirs.max() > 1.0, "clipping never engaged: the test would not tell pre-clip from post-clip"
     assert capture.optimizer_types[0] == "AcceleratedOptimizer"  # the wrapper; gradscope unwraps it
+
+
+def test_every_2_records_the_same_steps_as_every_step(trained, tmp_path):
+    """With every=2 the hooks are off on odd steps; the callback logs the loss before optimizer.step(),
+    and it must still land on its own step."""
+    out, callback, capture, _ = train(tmp_path / "out", every=2)
+    dense, sparse = gradscope.load_run(trained[1].log_dir), gradscope.load_run(callback.log_dir)
+    assert sparse.steps.tolist() == [0, 2, 4]
+    theirs = np.array([capture.grad_norm[s + 1] for s in sparse.steps.tolist()])
+    np.testing.assert_allclose(sparse.scalars["grad_norm"], theirs, rtol=1e-5)
+    for name in ("loss", "grad_norm"):
+        np.testing.assert_allclose(sparse.scalars[name], dense.scalars[name][[0, 2, 4]], rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(sparse.metrics["act/std"], dense.metrics["act/std"][[0, 2, 4]], rtol=1e-5)
 
 
 def test_rows_loss_and_clean_detach(trained):

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from gradscope.diagnose import diagnose
-from gradscope.report import dumps, report_json
+from gradscope.report.text import dumps, report_json
 from gradscope.run import format as fmt
 from gradscope.run.reader import load_run
 from gradscope.run.writer import RunWriter

@@ -1,4 +1,4 @@
-"""`gradscope export RUN --tensorboard DIR` and reading TensorBoard logs back (gradscope.tbread)."""
+"""`gradscope export RUN --tensorboard DIR` and reading TensorBoard logs back (gradscope.run.tbread)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from torch import nn
 pytest.importorskip("tensorboard")
 
 import gradscope  # noqa: E402
-from gradscope import export as export_mod  # noqa: E402
+from gradscope.report import export as export_mod  # noqa: E402
 from gradscope.cli import main  # noqa: E402
 from gradscope.run.reader import RunError  # noqa: E402
-from gradscope.tbread import load_tensorboard  # noqa: E402
+from gradscope.run.tbread import load_tensorboard  # noqa: E402
 
 
 def record(path, steps=12, seed=0):

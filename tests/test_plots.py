@@ -44,7 +44,7 @@ def _run(path: Path, steps: int, spike: int | None = None, clip: bool = False):
 
 
 def test_all_figures_written(tmp_path):
-    from gradscope.plots import write_plots
+    from gradscope.report.plots import write_plots
 
     run = _run(tmp_path / "r", 200, spike=150, clip=True)
     findings = diagnose(run)
@@ -57,7 +57,7 @@ def test_all_figures_written(tmp_path):
 
 @pytest.mark.parametrize("steps", [0, 1, 3000])
 def test_degenerate_and_long_runs(tmp_path, steps):
-    from gradscope.plots import MAX_COLUMNS, _reduce, write_plots
+    from gradscope.report.plots import MAX_COLUMNS, _reduce, write_plots
 
     run = _run(tmp_path / "r", steps)
     with warnings.catch_warnings():
@@ -69,7 +69,7 @@ def test_degenerate_and_long_runs(tmp_path, steps):
 
 
 def test_missing_matplotlib_names_the_install(tmp_path, monkeypatch):
-    from gradscope import plots
+    from gradscope.report import plots
 
     def missing(name, feature):
         raise _optional.MissingDependencyError(f"{feature} needs {name}: pip install matplotlib")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from gradscope.diagnose import Finding, Severity
-from gradscope.report import dumps, layer_summary, render_markdown, render_text, report_json, verdict
+from gradscope.report.text import dumps, layer_summary, render_markdown, render_text, report_json, verdict
 from gradscope.run import format as fmt
 from gradscope.run.reader import load_run
 from gradscope.run.writer import RunWriter

@@ -20,14 +20,14 @@ _LAZY = {
     "Run": "gradscope.run.reader",
     "RunError": "gradscope.run.reader",
     "load_run": "gradscope.run.reader",
-    "Scope": "gradscope.scope",
-    "watch": "gradscope.scope",
+    "Scope": "gradscope.scope.core",
+    "watch": "gradscope.scope.core",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from gradscope import clip
     from gradscope.run.reader import Run, RunError, load_run
-    from gradscope.scope import Scope, watch
+    from gradscope.scope.core import Scope, watch
 
 
 def __getattr__(name: str) -> Any:

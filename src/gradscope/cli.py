@@ -48,7 +48,7 @@ def _load_one(path: Path):  # noqa: ANN202 (Run, imported lazily)
     from gradscope.run.reader import load_run
 
     if _is_tensorboard_log(path):
-        from gradscope.tbread import load_tensorboard
+        from gradscope.run.tbread import load_tensorboard
 
         try:
             return load_tensorboard(path)
@@ -120,7 +120,7 @@ def analyze(runs: tuple[Path, ...], fmt: str, plots: Path | None, fail_on: str |
     """
     from gradscope.diagnose import diagnose
     from gradscope.diagnose.select import parse_steps, select
-    from gradscope.report import dumps, render_markdown, render_text, report_json
+    from gradscope.report.text import dumps, render_markdown, render_text, report_json
 
     try:
         steps = parse_steps(steps_text) if steps_text is not None else None
@@ -150,7 +150,7 @@ def analyze(runs: tuple[Path, ...], fmt: str, plots: Path | None, fail_on: str |
 
 def _write_analyze_plots(results: list, out: Path) -> None:
     from gradscope._optional import MissingDependencyError
-    from gradscope.plots import write_plots
+    from gradscope.report.plots import write_plots
 
     names = [r.path.resolve().name or "run" for r, _ in results]
     for i, (run, found) in enumerate(results):
@@ -194,7 +194,7 @@ def export(runs: tuple[Path, ...], tb_dir: Path, histograms: bool, overwrite: bo
     import warnings
 
     from gradscope._optional import MissingDependencyError
-    from gradscope.export import export_runs
+    from gradscope.report.export import export_runs
 
     try:
         with warnings.catch_warnings():

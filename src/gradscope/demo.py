@@ -16,9 +16,9 @@ import torch
 from gradscope.diagnose import diagnose
 from gradscope.experiments.data import spirals
 from gradscope.experiments.models import mlp
-from gradscope.report import layer_summary, layer_table, verdict
+from gradscope.report.text import layer_summary, layer_table, verdict
 from gradscope.run.reader import load_run
-from gradscope.scope import watch
+from gradscope.scope.core import watch
 
 
 def train_one(log_dir: Path, activation: str, steps: int, depth: int, seed: int) -> dict[str, float]:

@@ -10,7 +10,7 @@ from torch import nn
 
 import gradscope
 from gradscope.diagnose import Severity, diagnose
-from gradscope.report import render_text
+from gradscope.report.text import render_text
 
 STEPS = 40
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gradscope.diagnose import Severity, diagnose
-from gradscope.report import dumps, report_json
+from gradscope.report.text import dumps, report_json
 
 SPIKE_STEP = 120  # the step conftest.spike_run feeds a 300x batch
 

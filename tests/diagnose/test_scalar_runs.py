@@ -16,7 +16,7 @@ from gradscope.cli import main
 from gradscope.diagnose import Severity, diagnose
 
 pytest.importorskip("tensorboard")
-from gradscope.tbread import load_tensorboard  # noqa: E402
+from gradscope.run.tbread import load_tensorboard  # noqa: E402
 
 STEPS = 120
 SPIKE, NAN, GN_NAN = 80, 70, 50

@@ -115,7 +115,7 @@ def test_rows_loss_and_clean_detach(trained):
 
 def test_tbread_reads_the_trainer_tensorboard_log(trained):
     pytest.importorskip("tensorboard")
-    from gradscope.tbread import load_tensorboard
+    from gradscope.run.tbread import load_tensorboard
 
     out, _, capture, _ = trained
     tb = load_tensorboard(out / "runs")

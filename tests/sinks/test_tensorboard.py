@@ -179,7 +179,7 @@ def _wait(check, deadline: float, what: str):
 
 @pytest.fixture(scope="module")
 def server(recorded):
-    from gradscope.export import export_tensorboard
+    from gradscope.report.export import export_tensorboard
 
     root, run = recorded
     export_tensorboard(run, root / "exported")

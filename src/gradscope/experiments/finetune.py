@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from gradscope.experiments.grid import Config
 from gradscope.experiments.tasks import TaskError
 from gradscope.experiments.train import clipper_for, evaluate
-from gradscope.scope import watch
+from gradscope.scope.core import watch
 
 HEAD_LR = 1e-3
 BACKBONES = {"minilm": 6, "tiny": 2}  # name -> encoder layers

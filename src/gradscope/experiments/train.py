@@ -16,7 +16,7 @@ from gradscope.clip import make_clipper
 from gradscope.experiments.grid import Config
 from gradscope.experiments.models import mlp
 from gradscope.experiments.tasks import load
-from gradscope.scope import watch
+from gradscope.scope.core import watch
 
 WIDTH = 64
 # Thresholds of the clipping strategies in the comparison (others at their defaults).

@@ -28,7 +28,7 @@ require("transformers", "gradscope.integrations.hf")
 from transformers import TrainerCallback  # noqa: E402
 
 from gradscope.run import format as fmt  # noqa: E402
-from gradscope.scope import Scope, watch  # noqa: E402
+from gradscope.scope.core import Scope, watch  # noqa: E402
 
 
 def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:

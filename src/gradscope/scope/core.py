@@ -19,16 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradscope import amp, distributed, hooks
+from gradscope.scope import amp, distributed, hooks
 from gradscope import functional as F
-from gradscope.accumulators import StepSums
-from gradscope.buffers import StepBuffers
-from gradscope.param_hooks import ParamRecording
-from gradscope.rows import plan
+from gradscope.scope.accumulators import StepSums
+from gradscope.scope.buffers import StepBuffers
+from gradscope.scope.param_hooks import ParamRecording
+from gradscope.scope.rows import plan
 from gradscope.run import format as fmt
 from gradscope.run.format import Row
 from gradscope.run.writer import NullWriter, RunWriter
-from gradscope.setup import check_args, make_atexit, make_sinks, prepare_dir
+from gradscope.scope.setup import check_args, make_atexit, make_sinks, prepare_dir
 
 
 class Scope(ParamRecording):

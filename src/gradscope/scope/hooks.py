@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from gradscope.scope import Scope
+    from gradscope.scope.core import Scope
 
 
 def first_tensor(output: Any) -> Tensor | None:

@@ -1,6 +1,6 @@
 """The parameter side of a Scope: gradients at the end of backward, optimizer steps, clips, AMP.
 
-A mixin of :class:`gradscope.scope.Scope` (it uses the Scope's state); kept apart so each file reads
+A mixin of :class:`gradscope.scope.core.Scope` (it uses the Scope's state); kept apart so each file reads
 in one sitting. Nothing here syncs: every value stays a device tensor until the flush.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope import amp, distributed
+from gradscope.scope import amp, distributed
 from gradscope import functional as F
 
 

@@ -11,8 +11,8 @@ from torch import nn
 pytest.importorskip("tensorboard")
 
 import gradscope  # noqa: E402
-from gradscope.report import export as export_mod  # noqa: E402
 from gradscope.cli import main  # noqa: E402
+from gradscope.report import export as export_mod  # noqa: E402
 from gradscope.run.reader import RunError  # noqa: E402
 from gradscope.run.tbread import load_tensorboard  # noqa: E402
 

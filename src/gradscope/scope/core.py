@@ -19,15 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradscope.scope import amp, distributed, hooks
 from gradscope import functional as F
+from gradscope.run import format as fmt
+from gradscope.run.format import Row
+from gradscope.run.writer import NullWriter, RunWriter
+from gradscope.scope import amp, distributed, hooks
 from gradscope.scope.accumulators import StepSums
 from gradscope.scope.buffers import StepBuffers
 from gradscope.scope.param_hooks import ParamRecording
 from gradscope.scope.rows import plan
-from gradscope.run import format as fmt
-from gradscope.run.format import Row
-from gradscope.run.writer import NullWriter, RunWriter
 from gradscope.scope.setup import check_args, make_atexit, make_sinks, prepare_dir
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope.scope import amp, distributed
 from gradscope import functional as F
+from gradscope.scope import amp, distributed
 
 
 class ParamRecording:

@@ -155,13 +155,13 @@ def test_no_host_sync_guard_catches_a_sync(run_dir, no_host_sync):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scope = gradscope.watch(model, opt, log_dir=run_dir)
-    original = scope._record_params
+    original = scope._param_side.record
 
     def syncing():
         original()
         scope._buffers.metric("param", "grad_norm").sum().item()
 
-    scope._record_params = syncing
+    scope._param_side.record = syncing
     mode = no_host_sync(scope)
     with mode:
         train(model, opt, scope, 2)
@@ -175,13 +175,14 @@ def test_no_host_sync_guard_catches_per_step_index_building(run_dir, no_host_syn
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scope = gradscope.watch(model, opt, log_dir=run_dir)
-    original = scope._sums.reduce
+    sums = scope._module_side.sums
+    original = sums.reduce
 
     def uncached(rows):
-        scope._sums._plans.clear()
+        sums._plans.clear()
         return original(rows)
 
-    scope._sums.reduce = uncached
+    sums.reduce = uncached
     mode = no_host_sync(scope)
     with mode:
         train(model, opt, scope, 4)

@@ -1,20 +1,18 @@
-"""Hook factories: thin closures that forward to the Scope. They hold no state of their own.
+"""Hook factories: thin closures that forward to a handler. They hold no state of their own and
+import nothing of the Scope (the parts pass their bound methods in).
 
 Each hook is excluded from torch.compile tracing (``_eager``): compiled around, gradscope's Python
 would otherwise be traced once per module and row until dynamo's recompile limit. Wrapping costs
-~150 us, calling the wrapped hook ~0.4 us, so the Scope builds each hook once and reuses it.
+~150 us, calling the wrapped hook ~0.4 us, so each hook is built once and reused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from gradscope.scope.core import Scope
 
 
 def first_tensor(output: Any) -> Tensor | None:
@@ -39,43 +37,38 @@ def _eager(fn: Callable[..., None]) -> Callable[..., None]:
     return torch.compiler.disable(fn)
 
 
-def forward_hook(scope: Scope, module_index: int) -> Callable[[nn.Module, Any, Any], None]:
+def forward_hook(on_forward: Callable[[int, nn.Module, Any], None],
+                 module_index: int) -> Callable[[nn.Module, Any, Any], None]:
     def hook(module: nn.Module, args: Any, output: Any) -> None:
-        scope._on_forward(module_index, module, output)
+        on_forward(module_index, module, output)
 
     return _eager(hook)
 
 
-def root_pre_hook(scope: Scope) -> Callable[[nn.Module, Any], None]:
+def root_pre_hook(on_root_forward: Callable[[], None]) -> Callable[[nn.Module, Any], None]:
     def hook(module: nn.Module, args: Any) -> None:
-        scope._on_root_forward()
+        on_root_forward()
 
     return _eager(hook)
 
 
-def flow_hook(scope: Scope, row: int) -> Callable[[Tensor], None]:
+def flow_hook(on_flow: Callable[[int, Tensor], None], row: int) -> Callable[[Tensor], None]:
     def hook(grad: Tensor) -> None:
-        scope._on_flow(row, grad)
+        on_flow(row, grad)
 
     return _eager(hook)
 
 
-def accumulate_grad_hook(scope: Scope) -> Callable[[Tensor], None]:
+def accumulate_grad_hook(on_grad: Callable[[Tensor], None]) -> Callable[[Tensor], None]:
     def hook(param: Tensor) -> None:
-        scope._on_grad_accumulated(param)
+        on_grad(param)
 
     return _eager(hook)
 
 
-def optimizer_pre_hook(scope: Scope) -> Callable[..., None]:
+def optimizer_hook(on_step: Callable[[Any], None]) -> Callable[..., None]:
+    """An optimizer step pre- or post-hook calling ``on_step(optimizer)``."""
     def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-        scope._on_optimizer_pre_step(optimizer)
-
-    return _eager(hook)
-
-
-def optimizer_post_hook(scope: Scope) -> Callable[..., None]:
-    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-        scope._on_optimizer_step(optimizer)
+        on_step(optimizer)
 
     return _eager(hook)

@@ -66,7 +66,7 @@ def test_fail_on_gate(runs, gate, name, code):
 
 def test_json_one_object_per_run_list_for_several(runs):
     one = json.loads(analyze(runs["sick"], "--format", "json").stdout)
-    assert one["schema"] == 1 and one["run"] == str(runs["sick"])
+    assert one["schema"] == 2 and one["run"] == str(runs["sick"])
     assert one["summary"]["steps"] == 40
     assert one["findings"][0]["kind"] == "vanishing_gradient"
     both = json.loads(analyze(runs["healthy"], runs["sick"], "--format", "json").stdout)

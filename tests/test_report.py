@@ -51,7 +51,7 @@ def test_json_contract_is_strict(tmp_path):
     payload = report_json(run, _findings())
     text = dumps(payload)
     back = json.loads(text)  # dumps uses allow_nan=False: this would have raised on NaN
-    assert back["schema"] == 1 and back["run"] == str(tmp_path / "r")
+    assert back["schema"] == 2 and back["run"] == str(tmp_path / "r")
     assert back["summary"]["steps"] == 20 and back["summary"]["rows"] == 2
     nf = back["findings"][1]
     assert nf["evidence"] == {"first_step": 5, "bad": None, "big": None, "n": 3}

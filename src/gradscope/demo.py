@@ -61,7 +61,7 @@ def run_demo(out: Path, steps: int = 300, depth: int = 12, seed: int = 0, consol
         rows = [r for r in layer_summary(run) if r["name"].endswith("weight")]
         ratio = rows[0]["median"] / rows[-1]["median"] if rows and rows[-1]["median"] else float("nan")
         findings = diagnose(run)
-        kinds = sorted({f.kind for f in findings if f.severity.value != "info"})
+        kinds = sorted({f.kind for f in findings if f.severity.value != "info" and f.caused_by is None})
         console.print(f"  {act}: final loss {res['loss']:.3f}, accuracy {res['accuracy']:.1%}, "
                       f"median grad norm first/last layer = {ratio:.2e}")
         console.print(f"  verdict: {verdict(findings)}" + (f" ({', '.join(kinds)})" if kinds else "") + "\n")

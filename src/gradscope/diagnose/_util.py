@@ -15,6 +15,9 @@ from gradscope.run.reader import Run
 # Module types whose weight gradients are sparse by nature (only looked-up rows get a gradient), so
 # their norm says nothing about gradient flow with depth.
 SPARSE_TYPES = frozenset({"Embedding", "EmbeddingBag"})
+# Recurrent modules: their input, recurrent and bias weights are one layer unrolled over time, not a
+# depth stack; vanishing through time is judged on the gradient at the first vs last time step.
+RNN_TYPES = frozenset({"RNN", "LSTM", "GRU"})
 
 
 def nanmedian(a: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -175,6 +178,7 @@ def weight_profile(run: Run) -> Profile:
     cols = [
         c for c in run.depth_order("param")
         if c in used and len(rows[c].shape) >= 2 and rows[c].module_type not in SPARSE_TYPES
+        and rows[c].module_type not in RNN_TYPES
         and rows[c].depth is not None
     ]
     gn = run.metric("param", "grad_norm")
@@ -249,3 +253,69 @@ def persistent_rows(run: Run, metric: str, cfg: dict[str, float]) -> list[Persis
         col = values[:, c]
         out.append(Persistent(c, col, valid, hit, float(frac_all[c]), int(longest), float(np.median(col[hit]))))
     return out
+
+
+@dataclass
+class LossTrend:
+    """How the logged loss moved: medians of its first and last tenth (at least ``edge`` values
+    each), the lowest median of any block in between, and the relative improvement start -> end."""
+
+    n: int
+    start: float
+    end: float
+    best: float
+    improvement: float  # (start - end) / |start|
+    best_improvement: float  # (start - best) / |start|
+    first_step: int
+    last_step: int
+
+
+@_memo
+def loss_trend(run: Run) -> LossTrend | None:
+    """The loss trend of ``run`` (None when fewer than 20 finite loss values were logged)."""
+    loss = run.scalars.get("loss")
+    if loss is None:
+        return None
+    loss = loss.astype(np.float64)
+    idx = np.flatnonzero(np.isfinite(loss))
+    if idx.size < 20:
+        return None
+    vals = loss[idx]
+    edge = max(5, idx.size // 10)
+    start, end = float(np.median(vals[:edge])), float(np.median(vals[-edge:]))
+    best = float(np.min(block_reduce(vals[:, None], edge)[:, 0]))
+    scale = max(abs(start), 1e-12)
+    return LossTrend(int(idx.size), start, end, min(best, end), (start - end) / scale,
+                     (start - min(best, end)) / scale, int(run.steps[idx[0]]), int(run.steps[idx[-1]]))
+
+
+def optimizer_types(run: Run) -> list[str]:
+    """Class names of the optimizers given to watch() (empty for runs recorded before they were kept)."""
+    config = run.manifest.get("config")
+    types = config.get("optimizer_types") if isinstance(config, dict) else None
+    return [str(t) for t in types] if isinstance(types, list) else []
+
+
+ADAPTIVE = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "Adadelta", "RMSprop", "Adafactor",
+            "SparseAdam", "Lion", "Sophia")
+
+
+def adaptive(run: Run) -> bool | None:
+    """Whether the optimizer normalises its step by the gradient scale (Adam family); None unknown."""
+    types = optimizer_types(run)
+    if not types:
+        return None
+    return any(t in ADAPTIVE or "Adam" in t for t in types)
+
+
+def clipping(run: Run) -> str | None:
+    """How the loop clips gradients, when the run shows it (gradscope.clip's clip_coef): a phrase
+    for remedies, or None."""
+    coef = run.scalars.get("clip_coef")
+    if coef is not None and np.isfinite(coef).any():
+        frac = float(np.mean(coef[np.isfinite(coef)] < 1.0))
+        return f"the run already clips gradients (clip coefficient < 1 on {frac:.0%} of steps)"
+    config = run.manifest.get("config")
+    if isinstance(config, dict) and config.get("clips"):
+        return "the run already clips gradients"
+    return None

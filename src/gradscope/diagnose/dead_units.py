@@ -44,8 +44,24 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
                   "learning rate (large updates push units into the dead region); initialise biases "
                   "at 0 or slightly positive (e.g. 0.01) and weights with He init; normalise the "
                   f"input of {r.name} (BatchNorm/LayerNorm) so pre-activations stay centred.")
+        starved = _starved(run, r.depth) if med >= cfg["error_frac"] else []
+        if starved:
+            ev["starved_params"] = starved
+            msg += (f" Every layer before it gets exactly zero gradient ({len(starved)} parameter(s) "
+                    "never move).")
         findings.append(Finding("dead_units", sev, [r.name], stretch(run.steps, hit), ev, msg, remedy))
     return findings
+
+
+def _starved(run: Run, depth: int | None) -> list[str]:
+    """Trainable parameters before ``depth`` whose gradient was exactly zero on every step."""
+    if depth is None:
+        return []
+    from gradscope.diagnose.unused import unused_cols
+
+    _, zeros = unused_cols(run, 1)
+    rows = run.rows_of("param")
+    return [rows[c].name for c in zeros if rows[c].depth is not None and rows[c].depth < depth]
 
 
 def _median(col: np.ndarray) -> float | None:

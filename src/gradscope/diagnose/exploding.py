@@ -11,6 +11,7 @@ import numpy as np
 from gradscope.diagnose._util import (
     amp_skipped,
     block_reduce,
+    clipping,
     flow_profile,
     global_norm,
     log10_safe,
@@ -128,7 +129,11 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
                  ev.get("weight_ratio_first_last", 0.0)])
     sev = Severity.ERROR if over.any() or worst >= cfg["depth_ratio"] ** 2 else Severity.WARNING
     msg = "Gradients explode: " + "; ".join(parts) + "."
-    if clip:
+    done = clipping(run)
+    if done:
+        clip_txt = (f"Clipping does not cure this: {done} and the gradients still explode. Lower the "
+                    "learning rate or add warm-up")
+    elif clip:
         clip_txt = (f"Clip gradients with torch.nn.utils.clip_grad_norm_(model.parameters(), "
                     f"max_norm={clip:.3g}) (the 90th percentile of the global norm before the trouble "
                     "started); lower the learning rate or add warm-up")

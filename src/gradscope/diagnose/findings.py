@@ -1,4 +1,8 @@
-"""Finding and Severity: what a detector reports, in the shape the CLI's JSON follows (schema 1)."""
+"""Finding and Severity: what a detector reports, in the shape the CLI's JSON follows (schema 2).
+
+Schema 2 links findings: every finding has an ``id``; a root cause lists the ids of the findings it
+explains in ``consequences``, and each of those names its root in ``caused_by`` (see ``link.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-FINDINGS_SCHEMA = 1
+FINDINGS_SCHEMA = 2
 
 
 class Severity(str, Enum):
@@ -47,9 +51,18 @@ class Finding:
     message: str
     remedy: str
     origin: dict[str, Any] | None = field(default=None)
+    id: str = ""
+    caused_by: str | None = None
+    consequences: list[str] = field(default_factory=list)
+
+    @property
+    def is_root(self) -> bool:
+        """Not explained by another finding (a root cause, or a finding standing on its own)."""
+        return self.caused_by is None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
+            "id": self.id,
             "kind": self.kind,
             "severity": self.severity.value,
             "layers": list(self.layers),
@@ -57,6 +70,8 @@ class Finding:
             "evidence": _clean(self.evidence),
             "message": self.message,
             "remedy": self.remedy,
+            "caused_by": self.caused_by,
+            "consequences": list(self.consequences),
         }
         if self.origin is not None:
             d["origin"] = _clean(self.origin)

@@ -1,17 +1,22 @@
-"""frozen_parameters (info): which parameters are frozen (requires_grad False), grouped by module
-prefix. Fine-tuning with a frozen backbone is legitimate, so this is never a warning; it is here so
-that an accidental freeze is visible.
+"""frozen_parameters: which parameters are frozen (requires_grad False), grouped by module prefix.
+
+Fine-tuning with a frozen backbone is legitimate, so a freeze alone is info. It is a warning when
+most of the model (``warn_fraction`` of the elements) is frozen while the loss does not improve
+(see plateau.py): an accidentally frozen backbone. Cheap.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from gradscope.diagnose import plateau
 from gradscope.diagnose.findings import Finding, Severity
 from gradscope.run.reader import Run
 
 NAME = "frozen"
-DEFAULTS: dict[str, float] = {"enabled": 1}
+# Half of the elements frozen: "most of the model".
+WARN_FRACTION = 0.5
+DEFAULTS: dict[str, float] = {"enabled": 1, "warn_fraction": WARN_FRACTION}
 
 
 def groups(names: list[str], all_names: list[str]) -> list[str]:
@@ -48,5 +53,13 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
            + ", ".join(grp[:8]) + (f" and {len(grp) - 8} more groups" if len(grp) > 8 else "") + ".")
     remedy = ("Nothing to do if you meant to freeze them (fine-tuning with a frozen backbone). If not, "
               "set requires_grad_(True) on them and add them to the optimizer.")
+    sev = Severity.INFO
+    if ev["frozen_fraction"] >= cfg["warn_fraction"] and plateau.stuck(run, plateau.DEFAULTS):
+        sev = Severity.WARNING
+        msg += (f" {ev['frozen_fraction']:.0%} of the model is frozen and the loss does not improve: "
+                "the backbone is probably frozen by mistake.")
+        remedy = ("Unfreeze the backbone (p.requires_grad_(True) for its parameters, and give them to "
+                  "the optimizer), or if the freeze is meant, give the trainable head a higher "
+                  "learning rate; a frozen model whose loss does not move learns nothing.")
     steps = (int(run.steps[0]), int(run.steps[-1])) if run.num_steps else None
-    return [Finding("frozen_parameters", Severity.INFO, grp, steps, ev, msg, remedy)]
+    return [Finding("frozen_parameters", sev, grp, steps, ev, msg, remedy)]

@@ -17,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.diagnose._util import amp_skipped, global_norm, log10_safe, nanmedian, weight_profile
+from gradscope.diagnose._util import (
+    amp_skipped,
+    clipping,
+    global_norm,
+    log10_safe,
+    nanmedian,
+    stretch,
+    weight_profile,
+)
 from gradscope.diagnose.findings import Finding, Severity
 from gradscope.run.reader import Run
 
@@ -39,9 +47,12 @@ MAX_REPORTED = 5
 # A loss 3x the median of the previous steps: losses move less than gradient norms (a bad batch that
 # multiplies the gradient norm by 10 typically doubles or triples the loss), so the bar is lower.
 LOSS_FACTOR = 3.0
+# Spike steps at most this far apart are one episode (a bad batch whose effect lasts a few steps:
+# momentum and Adam's moments carry it into the next updates).
+GAP = 3
 DEFAULTS: dict[str, float] = {
     "window": WINDOW, "z": Z, "factor": FACTOR, "error_factor": ERROR_FACTOR,
-    "min_history": MIN_HISTORY, "max_reported": MAX_REPORTED, "loss_factor": LOSS_FACTOR,
+    "min_history": MIN_HISTORY, "max_reported": MAX_REPORTED, "loss_factor": LOSS_FACTOR, "gap": GAP,
 }
 _LN10 = np.log(10.0)
 
@@ -94,6 +105,23 @@ def _loss_spikes(run: Run, cfg: dict[str, float]) -> tuple[np.ndarray, np.ndarra
     return hit[:, 0], z[:, 0], dev[:, 0]
 
 
+def episodes(mask: np.ndarray, gap: int) -> list[tuple[int, int]]:
+    """[first, last] index of each run of True in ``mask``; runs at most ``gap`` steps apart merge."""
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return []
+    cut = np.flatnonzero(np.diff(idx) > gap)
+    starts = np.concatenate([[idx[0]], idx[cut + 1]])
+    ends = np.concatenate([idx[cut], [idx[-1]]])
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def _worst(eps: list[tuple[int, int]], score: np.ndarray, n: int) -> list[tuple[int, int, int]]:
+    """(first, last, peak index) of the ``n`` episodes with the highest peak score, in step order."""
+    peaks = [(a, b, a + int(np.argmax(score[a:b + 1]))) for a, b in eps]
+    return sorted(sorted(peaks, key=lambda e: -score[e[2]])[:n])
+
+
 def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     t = run.num_steps
     if t < cfg["min_history"] + 1:
@@ -104,44 +132,78 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     prof = weight_profile(run)
     lhit, lz, ldev = _spikes(log10_safe(prof.values), cfg) if prof.names else (
         np.zeros((t, 0), bool), np.zeros((t, 0)), np.zeros((t, 0)))
-    any_step = ghit[:, 0] | lhit.any(axis=1)
-    idx = np.flatnonzero(any_step)
+    # The global norm is what the optimizer feels: when it is recorded, a step spikes when it does.
+    # Layers spiking alone (a layer whose gradient grows as it starts to learn, a batch that hits one
+    # layer) leave the update as a whole in its usual range: one info finding.
+    has_global = bool(np.isfinite(glob).any())
+    step_hit = ghit[:, 0] if has_global else lhit.any(axis=1)
+    gap = int(cfg["gap"])
+    eps = episodes(step_hit, gap)
+    near = np.zeros(t, bool)
+    for a, b in eps:
+        near[max(0, a - gap):b + gap + 1] = True
     loss_hit, loss_z, loss_dev = _loss_spikes(run, cfg)
-    findings = _loss_findings(run, loss_hit & ~any_step, loss_z, loss_dev, cfg)
-    if idx.size == 0:
-        return findings
-    # Rank spike steps by the largest factor (global first, else the worst layer).
+    findings = _loss_findings(run, loss_hit & ~near, loss_z, loss_dev, cfg)
     score = np.where(ghit[:, 0], gdev[:, 0], -np.inf)
     if lhit.shape[1]:
         score = np.maximum(score, np.where(lhit, ldev, -np.inf).max(axis=1))
-    order = idx[np.argsort(-score[idx], kind="stable")][: int(cfg["max_reported"])]
-    for i in sorted(order):
-        f = _finding(run, int(i), ghit, gz, gdev, prof.names, lhit, lz, ldev, idx.size, cfg)
+    for a, b, i in _worst(eps, score, int(cfg["max_reported"])):
+        f = _finding(run, i, ghit, gz, gdev, prof.names, lhit, lz, ldev, len(eps), cfg)
+        f.steps = (int(run.steps[a]), int(run.steps[b]))
+        f.evidence["episode_steps"] = int(step_hit[a:b + 1].sum())
+        if b > a:
+            f.message = (f.message[:-1] + f"; one episode of {f.evidence['episode_steps']} spiking steps "
+                         f"({int(run.steps[a])}-{int(run.steps[b])}).")
         if np.isfinite(loss_dev[i]):  # how the loss moved at that step, spike or not
             f.evidence["loss_factor_over_median"] = float(10.0 ** loss_dev[i])
-        if loss_hit[i]:
-            f.message = f.message[:-1] + f"; the loss spikes with it ({10.0 ** loss_dev[i]:.1f}x its median)."
+        lo, hi = max(0, a - gap), b + gap + 1
+        if loss_hit[lo:hi].any():
+            worst = float(10.0 ** np.max(np.where(loss_hit[lo:hi], loss_dev[lo:hi], -np.inf)))
+            f.message = f.message[:-1] + f"; the loss spikes with it ({worst:.1f}x its median)."
         findings.append(f)
+    alone = lhit.any(axis=1) & ~near if has_global else np.zeros(t, bool)
+    if alone.any():
+        findings.append(_layer_only(run, alone, lhit, ldev, prof.names))
     return findings
+
+
+def _layer_only(run: Run, alone: np.ndarray, lhit: np.ndarray, ldev: np.ndarray,
+                names: list[str]) -> Finding:
+    """Info: layers whose own gradient norm jumped while the global norm stayed in its range."""
+    sub = np.where(lhit & alone[:, None], ldev, -np.inf)
+    i, c = (int(v) for v in np.unravel_index(int(np.argmax(sub)), sub.shape))
+    layers = [names[k] for k in np.flatnonzero((lhit & alone[:, None]).any(axis=0))]
+    factor = float(10.0 ** sub[i, c])
+    ev = {"steps_with_layer_spikes": int(alone.sum()), "worst_layer": names[c],
+          "worst_step": int(run.steps[i]), "worst_factor_over_median": factor}
+    msg = (f"{len(layers)} layer(s) had gradient-norm excursions on {int(alone.sum())} step(s) while the "
+           f"global gradient norm stayed in its usual range (worst: {names[c]} at step "
+           f"{int(run.steps[i])}, {factor:.1f}x its median).")
+    remedy = ("Nothing to do: the update as a whole was not disturbed. A layer's gradient often grows "
+              "as it starts to learn, or jumps on a batch that happens to hit it.")
+    return Finding("gradient_spike", Severity.INFO, layers, stretch(run.steps, alone), ev, msg, remedy)
 
 
 def _loss_findings(run: Run, hit: np.ndarray, z: np.ndarray, dev: np.ndarray,
                    cfg: dict[str, float]) -> list[Finding]:
-    """loss_spike findings for the worst ``max_reported`` loss spikes without a gradient spike."""
-    idx = np.flatnonzero(hit)
-    order = idx[np.argsort(-dev[idx], kind="stable")][: int(cfg["max_reported"])]
+    """One loss_spike finding per episode of loss spikes without a gradient spike (the worst
+    ``max_reported`` episodes)."""
+    eps = episodes(hit, int(cfg["gap"]))
+    score = np.where(hit, dev, -np.inf)
     out = []
-    for i in sorted(order):
+    for a, b, i in _worst(eps, score, int(cfg["max_reported"])):
         step, factor = int(run.steps[i]), float(10.0 ** dev[i])
         ev = {"step": step, "z": float(z[i]), "factor_over_median": factor, "loss": float(
-            run.scalars["loss"][i]), "spike_steps_total": int(idx.size)}
+            run.scalars["loss"][i]), "spike_steps_total": int(hit.sum()), "episodes": len(eps),
+            "episode_steps": int(hit[a:b + 1].sum())}
         msg = (f"Loss spike at step {step}: the loss is {factor:.1f}x the median of the previous "
                f"{2 * int(cfg['window'])} steps (robust z = {z[i]:.1f}) while the gradient norm stays "
                "in its usual range.")
         remedy = ("Look at the batch of that step (an outlier, mislabelled or corrupted batch); if loss "
                   "spikes recur, lower the learning rate or add warm-up, and check that the data is "
                   "shuffled (a run of one class gives a loss jump at each epoch boundary).")
-        out.append(Finding("loss_spike", Severity.WARNING, [], (step, step), ev, msg, remedy))
+        out.append(Finding("loss_spike", Severity.WARNING, [], (int(run.steps[a]), int(run.steps[b])), ev,
+                           msg, remedy))
     return out
 
 
@@ -165,9 +227,13 @@ def _finding(run: Run, i: int, ghit: np.ndarray, gz: np.ndarray, gdev: np.ndarra
     msg = (f"Gradient spike at step {step}: the {where} is {factor:.1f}x the median of the previous "
            f"{2 * int(cfg['window'])} steps (robust z = {z:.1f})"
            + (f"; {len(layers)} layer(s) spike with it." if layers else "."))
+    done = clipping(run)
     remedy = ("Look at the batch of that step (an outlier or mislabelled batch, a sequence much longer "
-              "than usual, a data-loader bug). To keep training stable, clip adaptively: ZClip "
-              "(z-score on the gradient norm, Kumar et al. 2025) or AutoClip (clip at a percentile of "
-              "past norms, Seetharaman et al. 2020), or a fixed max_norm near the usual global norm; "
-              "lower the learning rate if spikes recur.")
+              "than usual, a data-loader bug). "
+              + (f"Since {done}, the spike did not reach the update at full size; lower the learning "
+                 "rate if spikes recur." if done else
+                 "To keep training stable, clip adaptively: ZClip (z-score on the gradient norm, Kumar "
+                 "et al. 2025) or AutoClip (clip at a percentile of past norms, Seetharaman et al. "
+                 "2020), or a fixed max_norm near the usual global norm; lower the learning rate if "
+                 "spikes recur."))
     return Finding("gradient_spike", sev, layers, (step, step), ev, msg, remedy)

@@ -3,14 +3,16 @@
 Rule of thumb from Karpathy's CS231n notes ("Neural Networks Part 3", ratio of updates to weights):
 about 1e-3 is healthy; much higher and training is unstable, much lower and the weights barely move
 (the learning rate is too low). Only dense weights (>= 2-D) are checked: biases and norm gains start
-near zero, where any step is a large ratio. update_ratio is sampled (every ``update_every`` steps).
+near zero, where any step is a large ratio. Embeddings are left out too: a step updates only the
+rows of the tokens in the batch, so their ratio says nothing about the step size. update_ratio
+is sampled (every ``update_every`` steps).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gradscope.diagnose._util import nanmedian, stretch, used_param_cols
+from gradscope.diagnose._util import SPARSE_TYPES, clipping, nanmedian, stretch, used_param_cols
 from gradscope.diagnose.findings import Finding, Severity
 from gradscope.run.reader import Run
 
@@ -32,7 +34,8 @@ DEFAULTS: dict[str, float] = {"high": HIGH, "low": LOW, "persist": PERSIST, "min
 def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     ur = run.metric("param", "update_ratio")
     rows = run.rows_of("param")
-    cols = [c for c in used_param_cols(run) if len(rows[c].shape) >= 2]
+    cols = [c for c in used_param_cols(run) if len(rows[c].shape) >= 2
+            and rows[c].module_type not in SPARSE_TYPES]
     sub = ur[:, cols]
     valid = np.isfinite(sub)
     n = valid.sum(axis=0)
@@ -53,7 +56,7 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
 def _finding(run: Run, side: str, layers: list[str], meds: list[float], hits: np.ndarray,
              cfg: dict[str, float]) -> Finding:
     worst = max(meds) if side == "high" else min(meds)
-    ev = {"median_ratio_worst": worst, "layers": len(layers), "threshold": cfg[side],
+    ev = {"side": side, "median_ratio_worst": worst, "layers": len(layers), "threshold": cfg[side],
           "sampled_steps_out_of_range": int(hits.sum())}
     lr = run.scalars.get("lr")
     if lr is not None and np.isfinite(lr).any():
@@ -63,8 +66,11 @@ def _finding(run: Run, side: str, layers: list[str], meds: list[float], hits: np
         sev = Severity.ERROR if worst >= cfg["error_high"] else Severity.WARNING
         msg = (f"Updates are large: ||dw||/||w|| has median up to {worst:.2g} (above {cfg['high']:g}) "
                f"on most sampled steps for {shown}; each step rewrites a large part of the weights.")
-        remedy = ("Lower the learning rate (aim for ||dw||/||w|| around 1e-3), add warm-up, clip "
-                  "gradients, and check weight decay and init scale (tiny weights make any step large).")
+        clip = clipping(run)
+        remedy = ("Lower the learning rate (aim for ||dw||/||w|| around 1e-3), add warm-up, "
+                  + ("" if clip else "clip gradients, ")
+                  + "and check weight decay and init scale (tiny weights make any step large)."
+                  + (f" Clipping alone does not bound the step: {clip}." if clip else ""))
     else:
         sev = Severity.WARNING
         msg = (f"Updates are tiny: ||dw||/||w|| has median down to {worst:.2g} (below {cfg['low']:g}) on "

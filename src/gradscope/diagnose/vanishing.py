@@ -146,7 +146,22 @@ def _role_of(prof: Profile) -> str:
     return exact.pop() if len(exact) == 1 else role(prof.names[0], loose=True)
 
 
+def transformer(run: Run) -> bool:
+    """A stack of attention blocks with LayerNorm (by module types and names)."""
+    types = {r.module_type for r in run.rows}
+    names = " ".join(r.name.lower() for r in run.rows)
+    attn = any("Attention" in t or "Attn" in t for t in types) or "attn" in names or "attention" in names
+    return attn and any(t in ("LayerNorm", "RMSNorm") or "LayerNorm" in t for t in types)
+
+
 def _remedy(run: Run) -> str:
+    if transformer(run):
+        return ("In a transformer this is the Post-LN failure (Xiong et al. 2020, \"On Layer "
+                "Normalization in the Transformer Architecture\"): with the LayerNorm after each "
+                "residual add, the gradient reaching the lower blocks shrinks, and large early updates "
+                "make it worse. Add a learning-rate warm-up (linear over the first ~5-10% of steps), "
+                "move the LayerNorm before attention and the MLP (Pre-LN, norm_first=True in "
+                "nn.TransformerEncoderLayer), and lower the peak learning rate.")
     types = sorted({r.module_type for r in run.rows_of("act") if r.module_type in BOUNDED})
     if types:
         return (f"The net uses {'/'.join(types)}, whose derivative is at most 0.25 (sigmoid) or 1 "

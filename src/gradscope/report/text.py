@@ -1,82 +1,31 @@
-"""Renderings of a run and its findings: the depth-ordered layer table, and text (rich), markdown and
-JSON reports (the JSON follows the findings contract, schema 1: see ``report_json``)."""
+"""Renderings of a run and its findings: text (rich), markdown and JSON reports (the JSON follows
+the findings contract, schema 2: see ``report_json``). The headline is the root cause, with the
+symptoms it explains under it; tables are in table.py."""
 
 from __future__ import annotations
 
 import json
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradscope.report.table import (
+    fmt_num as _fmt,
+)
+from gradscope.report.table import (
+    layer_summary,
+    layer_table,
+    loss_line,
+    scalar_summary,
+    scalar_table,
+)
 from gradscope.run.reader import Run
+
+__all__ = ["counts", "dumps", "headline", "layer_summary", "layer_table", "loss_line", "loss_scale",
+           "render_markdown", "render_text", "report_json", "scalar_summary", "scalar_table", "verdict"]
 
 if TYPE_CHECKING:
     from gradscope.diagnose.findings import Finding
-
-
-def layer_summary(run: Run) -> list[dict[str, Any]]:
-    """One dict per parameter row in depth order: grad norm first/last/median, non-finite total."""
-    gn = run.metric("param", "grad_norm")
-    nf = run.metric("param", "grad_nonfinite")
-    rows = run.rows_of("param")
-    out = []
-    from gradscope.diagnose._util import nanmedian
-
-    medians = nanmedian(gn, axis=0)  # one sort for all columns: fast on 100k-step runs
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for c in run.depth_order("param"):
-            col = gn[:, c]
-            seen = np.flatnonzero(~np.isnan(col))
-            out.append({
-                "name": rows[c].name,
-                "module_type": rows[c].module_type,
-                "depth": rows[c].depth,
-                "trainable": rows[c].trainable,
-                "first": float(col[seen[0]]) if seen.size else float("nan"),
-                "last": float(col[seen[-1]]) if seen.size else float("nan"),
-                "median": float(medians[c]),
-                "nonfinite": int(np.nansum(nf[:, c])),
-                "steps_with_grad": int(seen.size),
-            })
-    return out
-
-
-def _fmt(x: float) -> str:
-    return "-" if x != x else f"{x:.3g}"
-
-
-def scalar_summary(run: Run) -> list[dict[str, Any]]:
-    """One dict per per-step scalar: first/last/median/min/max of its finite values, non-finite count.
-
-    A NaN of a TensorBoard-read run may only mean "not logged at that step", so ``nonfinite`` counts
-    Inf only there."""
-    out = []
-    tb = run.manifest.get("format") == "tensorboard"
-    for name in sorted(run.scalars):
-        a = run.scalars[name].astype(np.float64)
-        fin = a[np.isfinite(a)]
-        bad = int(np.isinf(a).sum()) if tb else int((~np.isfinite(a)).sum())
-        stats = ((float(fin[0]), float(fin[-1]), float(np.median(fin)), float(fin.min()), float(fin.max()))
-                 if fin.size else (float("nan"),) * 5)
-        out.append(dict(zip(("name", "first", "last", "median", "min", "max"), (name, *stats), strict=True))
-                   | {"nonfinite": bad, "steps_logged": int(fin.size)})
-    return out
-
-
-def scalar_table(run: Run, title: str | None = None) -> Any:
-    """A rich Table of scalar_summary(run) (runs without per-layer rows)."""
-    from rich.table import Table
-
-    table = Table(title=title or f"{run.path}: {run.num_steps} steps, scalars")
-    for col in ("scalar", "logged", "first", "last", "median", "min", "max", "non-finite"):
-        table.add_column(col, justify="left" if col == "scalar" else "right")
-    for r in scalar_summary(run):
-        table.add_row(r["name"], str(r["steps_logged"]), *(_fmt(r[k]) for k in ("first", "last", "median",
-                                                                                "min", "max")),
-                      str(r["nonfinite"]))
-    return table
 
 
 def loss_scale(run: Run) -> dict[str, Any] | None:
@@ -106,54 +55,58 @@ def _rows_txt(run: Run) -> str:
     return f"{len(run.rows)} rows"
 
 
-def layer_table(run: Run, title: str | None = None) -> Any:
-    """A rich Table of layer_summary(run)."""
-    from rich.table import Table
-
-    table = Table(title=title or f"{run.path}: {run.num_steps} steps, gradient norm by depth")
-    for col, justify in (("depth", "right"), ("parameter", "left"), ("type", "left"), ("first", "right"),
-                         ("last", "right"), ("median", "right"), ("non-finite", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for r in layer_summary(run):
-        name = r["name"] + ("" if r["trainable"] else " (frozen)")
-        table.add_row("-" if r["depth"] is None else str(r["depth"]), name, r["module_type"],
-                      _fmt(r["first"]), _fmt(r["last"]), _fmt(r["median"]),
-                      str(r["nonfinite"]) if r["nonfinite"] else "0")
-    return table
-
-
 # -- findings reports -----------------------------------------------------------------------------
 _ORDER = ("error", "warning", "info")
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
+def _roots(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.caused_by is None]
+
+
 def counts(findings: list[Finding]) -> dict[str, int]:
+    """Root findings per severity (symptoms linked to a root are counted with it, not again)."""
     out = dict.fromkeys(_ORDER, 0)
-    for f in findings:
+    for f in _roots(findings):
         out[f.severity.value] += 1
     return out
 
 
-def verdict(findings: list[Finding]) -> str:
-    """One line: ``healthy``, or ``2 errors, 1 warning`` (infos are listed but never unhealthy)."""
+def verdict(findings: list[Finding], coverage: dict[str, Any] | None = None) -> str:
+    """One line: ``healthy``, ``2 errors, 1 warning`` (infos never unhealthy), or ``nothing checked``
+    when ``coverage`` says no check could run."""
     c = counts(findings)
     parts = [f"{c[s]} {s}{'' if c[s] == 1 else 's'}" for s in ("error", "warning") if c[s]]
     if not parts:
+        if coverage is not None and not coverage["anything"]:
+            return "nothing checked"
         return "healthy" + (f" ({c['info']} info)" if c["info"] else "")
     return ", ".join(parts) + (f", {c['info']} info" if c["info"] else "")
 
 
+def headline(findings: list[Finding]) -> Finding | None:
+    """The root cause the report leads with: the first root at warning or error."""
+    return next((f for f in _roots(findings) if f.severity.rank >= 1), None)
+
+
 def report_json(run: Run, findings: list[Finding]) -> dict[str, Any]:
-    """The findings contract (schema 1): {"schema", "run", "summary": {"steps", "rows"}, "findings"}."""
+    """The findings contract (schema 2): {"schema", "run", "summary", "findings"}; each finding has an
+    ``id``, ``caused_by`` (the id of its root cause, or null) and ``consequences`` (ids)."""
+    from gradscope.diagnose.coverage import coverage
     from gradscope.diagnose.findings import FINDINGS_SCHEMA
 
+    cov = coverage(run)
     first = int(run.steps[0]) if run.num_steps else None
     last = int(run.steps[-1]) if run.num_steps else None
+    head = headline(findings)
     return {
         "schema": FINDINGS_SCHEMA,
         "run": str(run.path),
         "summary": {"steps": run.num_steps, "rows": len(run.rows), "first_step": first, "last_step": last,
-                    "verdict": verdict(findings), **counts(findings),
+                    "verdict": verdict(findings, cov), **counts(findings),
+                    "symptoms": sum(f.caused_by is not None for f in findings),
+                    "headline": head.id if head is not None else None,
+                    "checked": cov["checked"], "not_checked": cov["not_checked"],
                     "source": "tensorboard" if run.manifest.get("format") == "tensorboard" else "gradscope",
                     **({"loss_scale": loss_scale(run)} if loss_scale(run) else {})},
         "findings": [f.to_json() for f in findings],
@@ -172,35 +125,74 @@ def _steps_txt(f: Finding) -> str:
     return f"step {a}" if a == b else f"steps {a}-{b}"
 
 
-def _layers_txt(f: Finding, limit: int = 6) -> str:
-    shown = ", ".join(f.layers[:limit])
+def _layers_txt(f: Finding, limit: int = 4) -> str:
+    from gradscope.report.table import abbreviate
+
+    shown = ", ".join(abbreviate(n, 40) for n in f.layers[:limit])
     return shown + (f" (+{len(f.layers) - limit} more)" if len(f.layers) > limit else "")
 
 
-def render_text(run: Run, findings: list[Finding], console: Any, table: bool = True) -> None:
-    """Verdict line, findings grouped by severity, then the depth-ordered layer table."""
-    from rich.markup import escape
+def _first_sentence(text: str) -> str:
+    cut = text.find(". ")
+    return text if cut < 0 else text[:cut + 1]
 
+
+def render_text(run: Run, findings: list[Finding], console: Any, table: bool = True) -> None:
+    """Verdict line, the headline root cause, findings by severity (each root with its symptoms
+    under it), what was and was not checked, the loss trend, then the layer table."""
+    from rich.padding import Padding
+    from rich.text import Text
+
+    from gradscope.diagnose.coverage import coverage
+
+    cov = coverage(run)
     c = counts(findings)
     style = "bold red" if c["error"] else "yellow" if c["warning"] else "bold green"
-    console.print(f"[{style}]{escape(verdict(findings))}[/]  {escape(str(run.path))}: "
-                  f"{run.num_steps} steps, {escape(_rows_txt(run))}", soft_wrap=True)
+    if not cov["anything"]:
+        style = "bold yellow"
+    console.print(Text.assemble((verdict(findings, cov), style),
+                                f"  {run.path}: {run.num_steps} steps, {_rows_txt(run)}"))
+    head = headline(findings)
+    if head is not None:
+        n = len(head.consequences)
+        console.print(Text.assemble(("root cause: ", "bold"), (head.kind, _STYLE[head.severity.value]),
+                                    f" ({_steps_txt(head)})"
+                                    + (f", explains {n} other finding{'s' if n != 1 else ''}" if n else "")))
+    loss = loss_line(run)
+    if loss:
+        console.print(loss)
     scale = loss_scale(run)
     if scale:
         console.print(_scale_txt(scale))
+    by_id = {f.id: f for f in findings}
     for sev in _ORDER:
-        group = [f for f in findings if f.severity.value == sev]
+        group = [f for f in _roots(findings) if f.severity.value == sev]
         if not group:
             continue
-        console.print(f"\n[{_STYLE[sev]}]{sev.upper()}S ({len(group)})[/]")
+        console.print(Text(f"\n{sev.upper()}S ({len(group)})", style=_STYLE[sev]))
         for f in group:
-            console.print(f"[{_STYLE[sev]}]●[/] [bold]{f.kind}[/] ({_steps_txt(f)})"
-                          + (f" [dim]{escape(_layers_txt(f))}[/]" if f.layers else ""), soft_wrap=True)
-            console.print(f"  {escape(f.message)}", soft_wrap=True)
+            console.print(Text.assemble(("● ", _STYLE[sev]), (f.kind, "bold"), f" ({_steps_txt(f)})",
+                                        (f" {_layers_txt(f)}" if f.layers else "", "dim")))
+            console.print(Padding(Text(f.message), (0, 0, 0, 2)))
             if f.origin:
-                console.print(f"  origin: {escape(json.dumps(f.to_json()['origin']))}", soft_wrap=True)
-            console.print(f"  [green]fix:[/] {escape(f.remedy)}", soft_wrap=True)
-    if table:
+                console.print(Padding(Text(f"origin: {json.dumps(f.to_json()['origin'])}"), (0, 0, 0, 2)))
+            console.print(Padding(Text.assemble(("fix: ", "green"), f.remedy), (0, 0, 0, 2)))
+            symptoms = [by_id[i] for i in f.consequences if i in by_id]
+            if symptoms:
+                console.print(Padding(Text(f"symptoms it explains ({len(symptoms)}):", style="bold"),
+                                      (0, 0, 0, 2)))
+            for s in symptoms:
+                line = Text.assemble(("- ", "dim"), (s.kind, "bold"), f" ({_steps_txt(s)})",
+                                     (f" {_layers_txt(s, 2)}" if s.layers else "", "dim"),
+                                     f": {_first_sentence(s.message)}")
+                console.print(Padding(line, (0, 0, 0, 4)))
+    if cov["checked"] or cov["not_checked"]:
+        console.print()
+    if cov["checked"]:
+        console.print(Text.assemble(("checked: ", "dim"), "; ".join(cov["checked"])))
+    if cov["not_checked"]:
+        console.print(Text.assemble(("not checked: ", "yellow"), "; ".join(cov["not_checked"])))
+    if table and run.num_steps:
         console.print()
         console.print(layer_table(run) if run.rows_of("param") or not run.scalars else scalar_table(run))
 
@@ -210,14 +202,26 @@ def _md(text: str) -> str:
 
 
 def render_markdown(run: Run, findings: list[Finding], table: bool = True) -> str:
-    """The report as GitHub markdown: verdict, findings by severity, layer table."""
+    """The report as GitHub markdown: verdict, root cause, findings by severity (symptoms under
+    their root), layer table."""
+    from gradscope.diagnose.coverage import coverage
+
+    cov = coverage(run)
     lines = [f"# gradscope report: `{run.path}`", "",
-             f"**Verdict: {verdict(findings)}** ({run.num_steps} steps, {_rows_txt(run)})", ""]
+             f"**Verdict: {verdict(findings, cov)}** ({run.num_steps} steps, {_rows_txt(run)})", ""]
+    head = headline(findings)
+    if head is not None:
+        lines += [f"**Root cause: `{head.kind}`** ({_steps_txt(head)})"
+                  + (f", explains {len(head.consequences)} other finding(s)" if head.consequences else ""), ""]
+    loss = loss_line(run)
+    if loss:
+        lines += [loss, ""]
     scale = loss_scale(run)
     if scale:
         lines += [_scale_txt(scale) + ".", ""]
+    by_id = {f.id: f for f in findings}
     for sev in _ORDER:
-        group = [f for f in findings if f.severity.value == sev]
+        group = [f for f in _roots(findings) if f.severity.value == sev]
         if not group:
             continue
         lines += [f"## {sev.capitalize()}s ({len(group)})", ""]
@@ -234,6 +238,15 @@ def render_markdown(run: Run, findings: list[Finding], table: bool = True) -> st
             ev = f.to_json()["evidence"]
             lines.append("Evidence: " + ", ".join(f"{k} = {_num(v)}" for k, v in ev.items()))
             lines.append("")
+            symptoms = [by_id[i] for i in f.consequences if i in by_id]
+            if symptoms:
+                lines += [f"Symptoms it explains ({len(symptoms)}):", ""]
+                lines += [f"- `{s.kind}` ({_steps_txt(s)}): {_md(_first_sentence(s.message))}" for s in symptoms]
+                lines.append("")
+    if cov["checked"]:
+        lines += ["Checked: " + "; ".join(cov["checked"]) + ".", ""]
+    if cov["not_checked"]:
+        lines += ["Not checked: " + "; ".join(cov["not_checked"]) + ".", ""]
     if table and not run.rows_of("param") and run.scalars:
         lines += ["## Scalars", "", "| scalar | logged | first | last | median | min | max | non-finite |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -1,0 +1,99 @@
+"""loss_plateau: the loss does not move while the gradients are finite: stuck at its start value,
+or at chance level (ln(num_classes) for cross-entropy over the head's outputs).
+
+Flagged when the median of the last tenth of the logged losses is within ``improvement`` of the
+median of the first tenth, and no block in between got lower by more than twice that (a loss that
+dropped and came back up is divergence, not a plateau). The message points at the causes the other
+evidence supports: tiny updates (learning rate too low or decayed to 0), a mostly frozen model,
+vanishing gradients. Cheap: medians of one scalar.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from gradscope.diagnose._util import SPARSE_TYPES, loss_trend, nanmedian, used_param_cols
+from gradscope.diagnose.findings import Finding, Severity
+from gradscope.run.reader import Run
+
+NAME = "plateau"
+# Less than 2 % lower at the end than at the start. A model that learns anything at all drops its
+# loss by far more within a few dozen steps (a classifier from ln C towards 0); noise alone moves the
+# median of a tenth of the steps by about 1 %.
+IMPROVEMENT = 0.02
+# Within 2 % of ln(C) is "at chance level".
+CHANCE_TOL = 0.02
+DEFAULTS: dict[str, float] = {"improvement": IMPROVEMENT, "chance_tol": CHANCE_TOL}
+
+
+def stuck(run: Run, cfg: dict[str, float]) -> bool:
+    """Whether the loss of ``run`` stayed where it started (see the module docstring)."""
+    t = loss_trend(run)
+    return t is not None and t.improvement < cfg["improvement"] and t.best_improvement < 2 * cfg[
+        "improvement"] and t.end <= t.start * (1 + 5 * cfg["improvement"]) + 1e-12
+
+
+def head_classes(run: Run) -> int | None:
+    """Output width of the deepest dense weight (the classifier head), when >= 2."""
+    rows = run.rows_of("param")
+    cols = [c for c in run.depth_order("param") if len(rows[c].shape) == 2 and rows[c].depth is not None
+            and rows[c].module_type not in SPARSE_TYPES]
+    if not cols:
+        return None
+    n = rows[cols[-1]].shape[0]
+    return n if n >= 2 else None
+
+
+def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
+    t = loss_trend(run)
+    if t is None or not stuck(run, cfg):
+        return []
+    g = run.scalars.get("grad_norm")
+    if g is not None and np.isinf(g).any():
+        return []  # non-finite gradients: the nonfinite finding says what happened
+    ev: dict[str, Any] = {"loss_start": t.start, "loss_end": t.end, "loss_best": t.best,
+                          "improvement": t.improvement, "losses_logged": t.n}
+    causes = _likely_causes(run, ev)
+    c = head_classes(run)
+    at_chance = c is not None and abs(t.end - math.log(c)) <= cfg["chance_tol"] * math.log(c)
+    if at_chance:
+        ev["chance_level"] = math.log(c)
+        ev["classes"] = c
+    where = (f"at chance level (ln {c} = {math.log(c):.3f} for the {c} outputs of the head)" if at_chance
+             else f"at its start value ({t.start:.4g} -> {t.end:.4g}, {t.improvement:+.1%})")
+    msg = (f"The loss does not improve: it stays {where} over {t.n} logged steps while the gradients "
+           "are finite." + (" Likely: " + "; ".join(causes) + "." if causes else ""))
+    remedy = ("Check, in this order: that the optimizer holds the model's parameters and the learning "
+              "rate is not ~0 (print optimizer.param_groups); that the backbone is not frozen by "
+              "mistake; that the labels match the inputs (a shuffled-label bug gives exactly chance "
+              "level); then raise the learning rate (or add warm-up) and look for vanishing gradients.")
+    return [Finding("loss_plateau", Severity.WARNING, [], (t.first_step, t.last_step), ev, msg, remedy)]
+
+
+def _likely_causes(run: Run, ev: dict[str, Any]) -> list[str]:
+    out = []
+    lr = run.scalars.get("lr")
+    if lr is not None and np.isfinite(lr).any():
+        ev["lr_median"] = float(np.nanmedian(lr))
+        if np.nanmax(lr) <= 0:
+            out.append("the learning rate is 0")
+    rows = run.rows_of("param")
+    n_all = sum(int(np.prod(r.shape)) for r in rows)
+    frozen = sum(int(np.prod(r.shape)) for r in rows if not r.trainable)
+    if n_all:
+        ev["frozen_fraction"] = frozen / n_all
+        if frozen / n_all >= 0.5:
+            out.append(f"{frozen / n_all:.0%} of the parameters are frozen")
+    cols = [c for c in used_param_cols(run) if len(rows[c].shape) >= 2]
+    if cols:
+        ur = run.metric("param", "update_ratio")[:, cols]
+        ok = np.isfinite(ur)
+        if ok.any():
+            med = float(np.nanmedian(nanmedian(np.where(ok, ur, np.nan), axis=0)))
+            ev["update_ratio_median"] = med
+            if med < 1e-5:
+                out.append(f"the updates are tiny (||dw||/||w|| ~{med:.1g}): the learning rate is too low")
+    return out

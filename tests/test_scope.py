@@ -366,9 +366,12 @@ def test_bad_arguments_give_clear_errors(run_dir):
             scope.log(loss=torch.ones(3))
         with pytest.raises(TypeError, match="number"):
             scope.log(loss="high")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        gradscope.watch(model, log_dir=run_dir)
-    gradscope.watch(model, log_dir=run_dir, overwrite=True).close()
+    again = gradscope.watch(model, log_dir=run_dir)  # an existing run is kept: the new one is versioned
+    again.close()
+    assert again.log_dir == run_dir.with_name(run_dir.name + "-2")
+    replaced = gradscope.watch(model, log_dir=run_dir, overwrite=True)
+    replaced.close()
+    assert replaced.log_dir == run_dir
 
 
 def test_step_by_hand_with_optimizer_is_an_error(run_dir):

@@ -42,15 +42,6 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
     return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
 
 
-def free_run_dir(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``, ... when a run is already there (a second train())."""
-    candidate, k = path, 1
-    while (candidate / fmt.MANIFEST).exists():
-        k += 1
-        candidate = path.with_name(f"{path.name}-{k}")
-    return candidate
-
-
 class GradScopeCallback(TrainerCallback):
     """Records gradient and activation health of a Trainer run; keyword arguments go to ``watch``.
 
@@ -79,13 +70,13 @@ class GradScopeCallback(TrainerCallback):
             raise TypeError(f"GradScopeCallback needs the Trainer's torch optimizer, got {type(optimizer)}; "
                             "pass optimizers=(...) a torch.optim.Optimizer")
         base = self.log_dir or Path(args.output_dir) / "gradscope"
-        self.log_dir = base if self.overwrite else free_run_dir(base)
         kwargs = dict(self.watch_kwargs)
         scaler = getattr(optimizer, "scaler", None)  # accelerate's GradScaler under fp16
         if isinstance(scaler, torch.amp.GradScaler):
             kwargs.setdefault("scaler", scaler)
-        self.scope = watch(model, opt, log_dir=self.log_dir, overwrite=self.overwrite,
+        self.scope = watch(model, opt, log_dir=base, overwrite=self.overwrite,
                            tensorboard=self.tensorboard, **kwargs)
+        self.log_dir = self.scope.log_dir  # base, or base-2, -3 ... (watch()'s one convention)
         self.scope.event("trainer", gradient_accumulation_steps=args.gradient_accumulation_steps,
                          max_grad_norm=args.max_grad_norm, learning_rate=args.learning_rate,
                          per_device_train_batch_size=args.per_device_train_batch_size,

@@ -51,6 +51,7 @@ def compact_run(path: str | os.PathLike[str]) -> bool:
         return False
     spec = _spec(old, tail, widths)
     out_dir = path / merged.DIR
+    _check_out_dir(out_dir)
     out_dir.mkdir(exist_ok=True)
     token = os.urandom(6).hex()
     names = {key: f"{i:03d}.{token}.npy" for i, key in enumerate(sorted(spec))}
@@ -66,6 +67,23 @@ def compact_run(path: str | os.PathLike[str]) -> bool:
     _publish(out_dir, json.dumps(index, indent=1))
     _remove_unlisted(out_dir, set(names.values()))
     return True
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """RUN/merged must be gradscope's own: a real directory (no link) holding only merged files."""
+    from gradscope.run.rundir import MERGED_FILE
+
+    if os.path.islink(out_dir):
+        raise RunError(f"{out_dir} is a symbolic link; gradscope never writes or deletes through links: "
+                       "remove the link (the run reads from its chunks meanwhile)")
+    if not os.path.lexists(out_dir):
+        return
+    if not out_dir.is_dir():
+        raise RunError(f"{out_dir} is not a directory: move it away to let gradscope merge the run")
+    foreign = sorted(e.name for e in os.scandir(out_dir) if not MERGED_FILE.match(e.name))
+    if foreign:
+        raise RunError(f"{out_dir} holds files gradscope did not write ({', '.join(foreign[:3])}): move them "
+                       "away to let gradscope merge the run (it reads from its chunks meanwhile)")
 
 
 def _spec(old: merged.Merged | None, tail: list[chunks_mod.Chunk],

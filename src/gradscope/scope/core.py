@@ -26,7 +26,7 @@ from gradscope.scope.buffers import StepBuffers
 from gradscope.scope.modules import ModuleRecorder
 from gradscope.scope.params import ParamRecorder
 from gradscope.scope.rows import plan
-from gradscope.scope.setup import check_args, make_atexit, make_sinks, prepare_dir
+from gradscope.scope.setup import check_args, make_atexit, make_sinks, open_log_dir
 from gradscope.scope.step import StepState
 
 
@@ -60,7 +60,11 @@ class Scope:
         self._compiled = hasattr(model, "_orig_mod")
         model = getattr(model, "_orig_mod", model)  # a torch.compile'd module: name rows as the original
         self._rank0 = distributed.rank() == 0
-        self.log_dir = prepare_dir(log_dir, overwrite) if self._rank0 else Path(log_dir or ".")
+        claim = None
+        if self._rank0:
+            self.log_dir, claim = open_log_dir(log_dir, overwrite)
+        else:
+            self.log_dir = Path(log_dir or ".")
         self.every, self.flush_every, self.update_every = every, flush_every, update_every
         self.activations, self.flow = activations, flow
         self._model: nn.Module | None = model
@@ -77,7 +81,7 @@ class Scope:
         self._param_side = ParamRecorder(named, watched, self._state, self._module_side, opts, scaler,
                                          self._device, self._begin_activity, self._mark_stepped, self.event)
         self._writer: RunWriter | NullWriter = (
-            RunWriter(self.log_dir, make_sinks(self.log_dir, tensorboard), compact=compact)
+            RunWriter(self.log_dir, make_sinks(self.log_dir, tensorboard), compact=compact, claim=claim)
             if self._rank0 else NullWriter()
         )
         self._config = {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import sys
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import torch
 from torch import nn
 
 from gradscope.run import format as fmt
+from gradscope.run import rundir
 
 
 def make_sinks(log_dir: Path, tensorboard: bool | None) -> list[Any]:
@@ -49,31 +53,95 @@ def check_args(model: Any, optimizer: Any, every: int, flush_every: int, update_
             raise TypeError(f"watch({name}=...) takes a list of glob patterns, e.g. {name}=[{pats!r}]")
 
 
-def prepare_dir(log_dir: str | os.PathLike[str] | None, overwrite: bool) -> Path:
-    if log_dir is None:
-        log_dir = Path("runs") / time.strftime("gradscope-%Y%m%d-%H%M%S")
-    path = Path(log_dir)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"log_dir {path} exists and is not a directory: choose another log_dir")
-    if (path / fmt.MANIFEST).exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"log_dir {path} already holds a gradscope run; choose a new log_dir, or pass "
-                "overwrite=True to replace it"
-            )
-        clear_run(path)
-    return path
+def default_log_dir() -> Path:
+    """``runs/gradscope-YYYYmmdd-HHMMSS``; ``open_log_dir`` versions it (-2, -3, ...) when taken."""
+    return Path("runs") / time.strftime("gradscope-%Y%m%d-%H%M%S")
 
 
-def clear_run(path: Path) -> None:
-    import shutil
+def _candidates(base: Path) -> Iterator[Path]:
+    yield base
+    for k in itertools.count(2):
+        yield base.with_name(f"{base.name}-{k}")
 
-    for name in (fmt.MANIFEST, fmt.EVENTS):
-        (path / name).unlink(missing_ok=True)
-    from gradscope.run import merged
 
-    for name in (fmt.CHUNK_DIR, fmt.TB_DIR, merged.DIR):
-        shutil.rmtree(path / name, ignore_errors=True)
+def resolve_log_dir(log_dir: str | os.PathLike[str] | None, overwrite: bool = False) -> Path:
+    """The directory a run given ``log_dir`` goes to, by the one convention of watch() and callbacks.
+
+    ``log_dir`` itself when it holds nothing gradscope writes (or, with ``overwrite=True``, when it
+    holds a gradscope run, whose own files are then cleared); otherwise the first free ``log_dir-2``,
+    ``log_dir-3``, ... (like Lightning's versions). None: ``runs/gradscope-<time>``, versioned the same
+    way. Raises FileExistsError when ``log_dir`` is being written by a live Scope, or when
+    ``overwrite=True`` meets files gradscope did not write.
+    """
+    default = log_dir is None
+    base = default_log_dir() if default else Path(log_dir)  # type: ignore[arg-type]
+    for cand in _candidates(base):
+        verdict = _verdict(cand, rundir.state(cand), overwrite and not default, default)
+        if verdict is not None:
+            return cand
+    raise AssertionError  # unreachable: the candidates never end
+
+
+def _verdict(path: Path, state: str, overwrite: bool, default: bool) -> str | None:
+    """"use", "clear" (use after clearing), or None (try the next version); raises when neither."""
+    if state == "free":
+        return "use"
+    if state == "live":
+        if default:
+            return None
+        raise rundir.RunDirInUse(f"log_dir {path} is being written by another gradscope.watch() right now: "
+                                 "give each run its own log_dir")
+    if not overwrite:
+        return None
+    if state == "run":
+        return "clear"
+    raise FileExistsError(
+        f"log_dir {path} holds files gradscope did not write ({_foreign(path)}); overwrite=True clears only "
+        "gradscope's own runs: choose another log_dir, or move those files away")
+
+
+def _foreign(path: Path) -> str:
+    names = [n for n in rundir.OWN_NAMES if os.path.lexists(path / n) and n != rundir.LOCK]
+    if fmt.MANIFEST in names:
+        return f"its {fmt.MANIFEST} is not a gradscope manifest"
+    return ", ".join(names)
+
+
+def open_log_dir(log_dir: str | os.PathLike[str] | None,
+                 overwrite: bool) -> tuple[Path, rundir.DirClaim | None]:
+    """Resolve ``log_dir`` (see resolve_log_dir), claim it atomically and clear an overwritten run.
+
+    The path is printed once (to stderr) when gradscope chose it: the default, or a new version.
+    """
+    default = log_dir is None
+    base = default_log_dir() if default else Path(log_dir)  # type: ignore[arg-type]
+    for cand in _candidates(base):
+        if _verdict(cand, rundir.state(cand), overwrite and not default, default) is None:
+            continue
+        try:
+            claim = rundir.DirClaim.acquire(cand)
+        except rundir.RunDirInUse:
+            if default:
+                continue
+            raise
+        except OSError:  # cannot even create it: the writer warns, training goes on unrecorded
+            return cand, None
+        try:  # looked at again under the claim: another process may have written in between
+            verdict = _verdict(cand, rundir.state(cand, ours=claim), overwrite and not default, default)
+            if verdict == "clear":
+                rundir.clear_run(cand)
+            if verdict is not None:
+                rundir.refuse_links(cand)
+        except BaseException:
+            claim.release()
+            raise
+        if verdict is None:
+            claim.release()
+            continue
+        if cand != base or default:
+            print(f"gradscope: recording to {cand}", file=sys.stderr, flush=True)
+        return cand, claim
+    raise AssertionError  # unreachable
 
 
 def make_atexit(ref: weakref.ReferenceType[Any]) -> Any:

@@ -27,7 +27,6 @@ require("transformers", "gradscope.integrations.hf")
 
 from transformers import TrainerCallback  # noqa: E402
 
-from gradscope.run import format as fmt  # noqa: E402
 from gradscope.scope.core import Scope, watch  # noqa: E402
 
 

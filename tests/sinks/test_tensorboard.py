@@ -21,7 +21,7 @@ from torch import nn
 pytest.importorskip("tensorboard")
 
 import gradscope  # noqa: E402
-from gradscope.sinks.tensorboard import TensorBoardSink, block_of, row_tag  # noqa: E402
+from gradscope.sinks.tensorboard import TensorBoardSink, block_of  # noqa: E402
 
 STEPS = 20
 
@@ -70,52 +70,93 @@ def recorded(tmp_path_factory):
     return root, gradscope.load_run(root / "live")
 
 
-def expected_series(run) -> dict[str, tuple[list[int], np.ndarray]]:
-    """tag -> (steps, float32 values) that the sink must have written for ``run``."""
+def layer_dirs(tb: Path) -> dict[str, Path]:
+    """group label -> its TensorBoard run directory (``tb/layers/NN label``)."""
+    return {p.name.split(" ", 1)[1]: p for p in sorted((tb / "layers").iterdir())}
+
+
+def expected_series(run) -> dict[tuple[str, str], tuple[list[int], np.ndarray]]:
+    """(run below tb/, tag) -> (steps, float32 values) that the sink must have written for ``run``,
+    from the run's arrays and a float64 L2 norm over each block's rows computed here."""
     out = {}
     for name, values in run.scalars.items():
-        out[f"global/{name}"] = (run.steps.tolist(), values)
+        out[("", f"global/{name}")] = (run.steps.tolist(), values)
+    blocks = {"blocks.0": "00 blocks.0", "blocks.1": "01 blocks.1", "blocks.2": "02 blocks.2", "head": "03 head"}
     for kind, metric, group in (("param", "grad_norm", "grad_norm"), ("flow", "norm", "flow_norm"),
                                 ("act", "std", "act_std")):
         arr = run.metric(kind, metric)
-        for c, row in enumerate(run.rows_of(kind)):
-            keep = np.isfinite(arr[:, c])
-            out[row_tag(group, row.name, row.depth)] = (run.steps[keep].tolist(), arr[keep, c])
+        for block, sub in blocks.items():
+            cols = [c for c, r in enumerate(run.rows_of(kind)) if r.name == block or r.name.startswith(block + ".")]
+            for c in cols:
+                role = run.rows_of(kind)[c].name[len(block) + 1:] or "output"
+                keep = np.isfinite(arr[:, c])
+                out[(sub, f"{group}/{role}")] = (run.steps[keep].tolist(), arr[keep, c])
+            if metric != "std":
+                norm = np.sqrt(np.square(arr[:, cols].astype(np.float64)).sum(axis=1))
+                keep = np.isfinite(norm)
+                out[(sub, f"depth/{group}")] = (run.steps[keep].tolist(), norm[keep].astype(np.float32))
     return out
 
 
 def test_event_files_hold_the_run(recorded):
     root, run = recorded
-    acc = accumulator(root / "live" / "tb")
-    tags = acc.Tags()
+    tb = root / "live" / "tb"
+    dirs = layer_dirs(tb)
+    assert list(dirs) == ["blocks.0", "blocks.1", "blocks.2", "head"]  # depth order, one run per block
+    accs = {"": accumulator(tb), **{d.name: accumulator(d) for d in dirs.values()}}
     want = expected_series(run)
-    assert {"global/grad_norm", "global/loss", "global/lr", "global/clip_coef"} <= set(want)
-    for tag, (steps, values) in want.items():
-        events = acc.Scalars(tag)
-        assert [e.step for e in events] == steps, tag
-        np.testing.assert_array_equal(np.array([e.value for e in events], np.float32), values, err_msg=tag)
-    assert "update_ratio/000.blocks.0.0.weight" in tags["scalars"]  # sampled every 10th step
-    hist = acc.Histograms("hist/log10_grad_norm")
+    assert {("", "global/grad_norm"), ("", "global/loss"), ("", "global/lr"), ("", "global/clip_coef"),
+            ("01 blocks.1", "grad_norm/0.weight"), ("03 head", "depth/grad_norm")} <= set(want)
+    for (sub, tag), (steps, values) in want.items():
+        events = accs[sub].Scalars(tag)
+        assert [e.step for e in events] == steps, (sub, tag)
+        if tag.startswith("depth/"):  # the sink's norm over the block, against float64 here
+            np.testing.assert_allclose([e.value for e in events], values, rtol=1e-6, err_msg=tag)
+        else:
+            np.testing.assert_array_equal(np.array([e.value for e in events], np.float32), values, err_msg=tag)
+    assert "update_ratio/0.weight" in accs["00 blocks.0"].Tags()["scalars"]  # sampled every 10th step
+    log10 = accs["00 blocks.0"].Scalars("depth/log10_grad_norm")
+    np.testing.assert_allclose([e.value for e in log10],
+                               np.log10([e.value for e in accs["00 blocks.0"].Scalars("depth/grad_norm")]), atol=1e-5)
+    hist = accs[""].Histograms("hist/log10_grad_norm")
     assert [h.step for h in hist] == run.steps.tolist()
     assert all(h.histogram_value.num == len(run.rows_of("param")) for h in hist)
-    assert {"run/config", "summary/findings", "custom_scalars__config__"} <= set(tags["tensors"])
+    assert {"run/config", "findings", "custom_scalars__config__"} <= set(accs[""].Tags()["tensors"])
+    images = accs[""].Images("gradient_flow")
+    assert images and images[-1].step == run.steps[-1]
+    assert images[-1].encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and images[-1].width > 500
 
 
-def test_custom_scalars_layout_groups_layers_by_block(recorded):
+def test_custom_scalars_layout_overlays_blocks(recorded):
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     root, run = recorded
     acc = accumulator(root / "live" / "tb")
     config = acc.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0]
     cats = {c.title: c for c in layout_pb2.Layout.FromString(config).category}
-    blocks = [ch.title for ch in cats["grad_norm by block"].chart]
-    assert blocks == ["blocks.0", "blocks.1", "blocks.2", "head"]
-    chart = cats["grad_norm by block"].chart[1]
-    pattern = re.compile(chart.multiline.tag[0])
-    matched = [t for t in acc.Tags()["scalars"] if pattern.match(t)]
-    assert matched == [row_tag("grad_norm", r.name, r.depth) for r in run.rows_of("param")
-                       if r.name.startswith("blocks.1.")]
+    overlay = cats["by depth: one line per block"]
+    titles = [ch.title for ch in overlay.chart]
+    assert titles[:2] == ["grad_norm by block", "log10 grad_norm by block"]
+    assert re.match(overlay.chart[0].multiline.tag[0], "depth/grad_norm")
+    roles = cats["grad_norm of each role, one line per block"]
+    assert [ch.title for ch in roles.chart] == ["0.weight", "0.bias", "weight", "bias"]
+    pattern = re.compile(roles.chart[0].multiline.tag[0])
+    holding = [d.name for d in layer_dirs(root / "live" / "tb").values()
+               if any(pattern.match(t) for t in accumulator(d).Tags()["scalars"])]
+    assert holding == ["00 blocks.0", "01 blocks.1", "02 blocks.2"]  # one line per block, own colour
     assert {ch.title for ch in cats["global"].chart} == set(run.scalars)
+
+
+def test_findings_with_remedies_in_the_text_tab(recorded):
+    root, run = recorded
+    from gradscope.diagnose import diagnose
+
+    acc = accumulator(root / "live" / "tb")
+    text = acc.Tensors("findings")[-1].tensor_proto.string_val[0].decode()
+    found = diagnose(run)
+    for f in found:
+        assert f.kind in text and f.remedy in text
+    assert found or "No findings" in text
 
 
 def test_block_of():
@@ -139,10 +180,12 @@ def test_sink_never_raises(tmp_path):
 
 
 def test_broken_sink_does_not_stop_training(tmp_path, monkeypatch):
-    def boom(self, step, values):
+    def boom(self, step, wall_time, values):
         raise OSError("disk full")
 
-    monkeypatch.setattr(TensorBoardSink, "_emit", boom)
+    from gradscope.sinks.tb_files import EventFile
+
+    monkeypatch.setattr(EventFile, "add", boom)
     with pytest.warns(RuntimeWarning, match="TensorBoard sink failed"):
         scope = record(tmp_path / "run", steps=5, tensorboard=True)
     assert gradscope.load_run(tmp_path / "run").num_steps == 5  # the run directory itself is complete
@@ -215,27 +258,49 @@ def server(recorded):
         log.close()
 
 
+def _tb_run(top: str, sub: str) -> str:
+    """TensorBoard's name of a run: the main one (``live/tb``) or a layer run below it."""
+    return f"{top}/layers/{sub}" if sub else top
+
+
 def test_tensorboard_server_serves_what_gradscope_recorded(server):
     base, run = server
     want = expected_series(run)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
+    runs = {_tb_run(top, sub) for top in ("live/tb", "exported") for sub, _ in want}
 
     def loaded():
         tags = _get(base, "/data/plugin/scalars/tags")
-        return tags if all(set(want) <= set(tags.get(r, {})) for r in ("live/tb", "exported")) else None
+        return tags if all(r in tags for r in runs) else None
 
     tags = _wait(loaded, deadline, "runs and tags")
-    assert set(_get(base, "/data/runs")) == {"live/tb", "exported"}
-    for run_name in ("live/tb", "exported"):
-        assert set(tags[run_name]) >= set(want)
-        for tag in ("global/grad_norm", "global/loss", "global/clip_coef",
-                    row_tag("grad_norm", run.rows_of("param")[0].name, 0), "flow_norm/006.head"):
-            steps, values = want[tag]
-            points = _wait(lambda t=tag, r=run_name: _get(base, "/data/plugin/scalars/scalars", run=r, tag=t),
-                           deadline, tag)
-            assert [p[1] for p in points] == steps, (run_name, tag)
-            assert [np.float32(p[2]) for p in points] == values.tolist(), (run_name, tag)
+    assert set(_get(base, "/data/runs")) >= runs
+    for top in ("live/tb", "exported"):
+        for sub, tag in (("", "global/grad_norm"), ("", "global/loss"), ("", "global/clip_coef"),
+                         ("00 blocks.0", "grad_norm/0.weight"), ("03 head", "flow_norm/output"),
+                         *((f"0{i} {b}", "depth/grad_norm") for i, b in
+                           enumerate(["blocks.0", "blocks.1", "blocks.2", "head"]))):
+            steps, values = want[(sub, tag)]
+            name = _tb_run(top, sub)
+            points = _wait(lambda t=tag, r=name: _get(base, "/data/plugin/scalars/scalars", run=r, tag=t),
+                           deadline, f"{name} {tag}")
+            assert [p[1] for p in points] == steps, (name, tag)
+            if tag.startswith("depth/"):
+                np.testing.assert_allclose([p[2] for p in points], values, rtol=1e-6)
+            else:
+                assert [np.float32(p[2]) for p in points] == values.tolist(), (name, tag)
+    # one chart overlays the blocks: the same tag in one run per block
+    overlay = [r for r, t in tags.items() if r.startswith("live/tb/layers/") and "depth/grad_norm" in t]
+    assert sorted(overlay) == [f"live/tb/layers/0{i} {b}" for i, b in
+                               enumerate(["blocks.0", "blocks.1", "blocks.2", "head"])]
     plugins = _get(base, "/data/plugins_listing")
-    assert plugins["custom_scalars"]["enabled"] and plugins["histograms"]["enabled"]
+    assert all(plugins[p]["enabled"] for p in ("custom_scalars", "histograms", "images", "text"))
     layout = _get(base, "/data/plugin/custom_scalars/layout")
-    assert any(c["title"] == "grad_norm by block" for c in layout["category"])
+    assert layout["category"][0]["title"] == "by depth: one line per block"
+    images = _get(base, "/data/plugin/images/images", run="live/tb", tag="gradient_flow")
+    assert images and images[-1]["step"] == int(run.steps[-1])
+    url = base + "/data/plugin/images/individualImage?" + images[-1]["query"]
+    with urllib.request.urlopen(url, timeout=5) as r:
+        assert r.read()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = _get(base, "/data/plugin/text/text", run="live/tb", tag="findings")
+    assert text and ("Remedy" in text[-1]["text"] or "No findings" in text[-1]["text"])

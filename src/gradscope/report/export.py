@@ -28,6 +28,9 @@ def run_arrays(run: Run, start: int = 0, stop: int | None = None) -> dict[str, n
             arrays[key] = arr[sl]
     for name, values in run.scalars.items():
         arrays[fmt.scalar_key(name)] = values[sl]
+    wall = getattr(run, "wall_time", None)
+    if wall is not None and np.isfinite(wall).any():
+        arrays["wall_time"] = wall[sl]
     return arrays
 
 

@@ -12,25 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradscope.report import draw
+from gradscope.report.draw import MAX_COLUMNS, figure, quiet
+from gradscope.run.groups import group_median, group_rows
 from gradscope.run.reader import Run
 
 if TYPE_CHECKING:
     from gradscope.diagnose.findings import Finding
 
-MAX_COLUMNS = 800
-DPI = 110
+__all__ = ["MAX_COLUMNS", "write_plots"]
 
 
 def _figure(w: float, h: float) -> Any:
-    from gradscope import _optional
-
-    _optional.require("matplotlib", "gradscope analyze --plots")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    return figure(w, h)
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -41,135 +35,128 @@ def _save(fig: Any, path: Path) -> Path:
 
 def _reduce(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """At most MAX_COLUMNS rows: the median of each block of steps (first step of the block)."""
-    from gradscope.diagnose._util import block_reduce
-
-    t = steps.shape[0]
-    if t <= MAX_COLUMNS:
-        return steps, values
-    block = -(-t // MAX_COLUMNS)
-    return steps[::block], block_reduce(values, block)
+    return draw.reduce_steps(steps, values)
 
 
-def _param_cols(run: Run) -> list[int]:
-    gn = run.metric("param", "grad_norm")
-    return [c for c in run.depth_order("param") if gn.shape[0] and np.isfinite(gn[:, c]).any()]
+def _heat(run: Run) -> draw.Heat:
+    return draw.param_heat(run.rows, run.steps, run.metric("param", "grad_norm"), group_rows(run.rows))
 
 
-def gradient_flow_heatmap(run: Run, path: Path) -> Path:
-    """Parameters by depth (rows) x steps (columns), colour = gradient L2 norm on a log scale."""
-    from matplotlib.colors import LogNorm
-
-    rows = run.rows_of("param")
-    cols = _param_cols(run)
-    fig = _figure(10, max(3.0, min(12.0, 1.2 + 0.22 * len(cols))))
-    ax = fig.add_subplot()
-    ax.set_title(f"Gradient flow: per-parameter gradient norm by depth ({run.path.name})")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("parameter (forward order, first layer at top)")
-    data = run.metric("param", "grad_norm")[:, cols].astype(np.float64)
-    steps, data = _reduce(run.steps, data)
-    pos = data[np.isfinite(data) & (data > 0)]
-    if pos.size and len(steps):
-        img = np.ma.masked_invalid(np.where(data > 0, data, np.nan).T)
-        x1 = steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1)
-        mesh = ax.pcolormesh(np.append(steps, x1), np.arange(len(cols) + 1) - 0.5, img, shading="flat",
-                             norm=LogNorm(vmin=pos.min(), vmax=pos.max()), cmap="viridis")
-        fig.colorbar(mesh, ax=ax, label="gradient L2 norm (log scale)")
-        ax.set_yticks(range(len(cols)))
-        ax.set_yticklabels([rows[c].name for c in cols], fontsize=7 if len(cols) < 40 else 5)
-        ax.invert_yaxis()
-    else:
-        ax.text(0.5, 0.5, "no gradients recorded", ha="center", va="center", transform=ax.transAxes)
+def gradient_flow_heatmap(run: Run, path: Path, heat: draw.Heat | None = None) -> Path:
+    """Parameters by depth (rows) x steps (columns), colour = gradient L2 norm on a log scale; past
+    draw.HEAT_ROWS parameters, one row per block or depth bucket (the group's norm)."""
+    heat = heat or _heat(run)
+    fig = _figure(10, max(3.0, min(12.0, 1.4 + 0.2 * min(heat.rows, draw.LABEL_ROWS))))
+    what = "group gradient norm" if heat.grouped else "per-parameter gradient norm"
+    draw.draw_heatmap(fig, fig.add_subplot(), heat, f"Gradient flow: {what} by depth ({run.path.name})")
     return _save(fig, path)
 
 
-def _pick_steps(run: Run, at: list[int] | None) -> list[int]:
-    if at:
-        return [int(np.argmin(np.abs(run.steps - s))) for s in at]
-    t = run.num_steps
-    return sorted({int(round(q * (t - 1))) for q in (0.0, 0.25, 0.5, 0.75, 1.0)}) if t else []
-
-
-def norm_profile(run: Run, path: Path, at: list[int] | None = None) -> Path:
-    """Gradient norm of each parameter by depth at a few steps (median over a few steps around each)."""
-    rows = run.rows_of("param")
-    cols = _param_cols(run)
-    gn = run.metric("param", "grad_norm")[:, cols].astype(np.float64)
-    fig = _figure(9, 4.8)
-    ax = fig.add_subplot()
-    ax.set_title(f"Gradient norm profile by depth ({run.path.name})")
-    ax.set_xlabel("parameter (forward order)")
-    ax.set_ylabel("gradient L2 norm (log scale)")
-    half = max(1, run.num_steps // 100)
-    drawn = False
-    for i in _pick_steps(run, at):
-        win = gn[max(0, i - half): i + half + 1]
-        with np.errstate(all="ignore"), _quiet():
-            y = np.nanmedian(win, axis=0) if win.size else np.array([])
-        y = np.where(y > 0, y, np.nan)
-        if np.isfinite(y).any():
-            ax.plot(range(len(cols)), y, marker="o", ms=3, label=f"step {int(run.steps[i])}")
-            drawn = True
-    if drawn:
-        ax.set_yscale("log")
-        ax.legend(title="median near", fontsize=8)
-        ax.set_xticks(range(len(cols)))
-        ax.set_xticklabels([rows[c].name for c in cols], rotation=90, fontsize=6 if len(cols) < 60 else 4)
-    else:
-        ax.text(0.5, 0.5, "no gradients recorded", ha="center", va="center", transform=ax.transAxes)
+def norm_profile(run: Run, path: Path, at: list[int] | None = None, heat: draw.Heat | None = None) -> Path:
+    """Gradient norm of each parameter (or group) by depth at a few steps (median around each)."""
+    heat = heat or _heat(run)
+    fig = _figure(10, 5.2)
+    draw.draw_profile(fig.add_subplot(), heat, f"Gradient norm profile by depth ({run.path.name})", at)
     return _save(fig, path)
+
+
+ACT_METRICS = (("zero_frac", "exactly zero"), ("sat_frac", "saturated (bounded)"),
+               ("dead_frac", "dead units (ReLU family)"))
 
 
 def activation_health(run: Run, path: Path) -> Path:
-    """Median zero, saturation and dead-unit fractions of each module output by depth."""
+    """Median zero, saturation and dead-unit fractions of each module output (or block) by depth."""
     rows = run.rows_of("act")
-    order = run.depth_order("act")
-    fig = _figure(9, 4.8)
+    grouping = group_rows(run.rows)
+    kept = [(g.label, cols) for g, cols in zip(grouping.groups, grouping.of("act"), strict=True) if cols]
+    per_group = [cols for _, cols in kept]
+    many = len(rows) > draw.LABEL_ROWS
+    order = [c for cols in per_group for c in cols]
+    fig = _figure(10, 5.2)
     ax = fig.add_subplot()
     ax.set_title(f"Activation health by depth ({run.path.name})")
-    ax.set_xlabel("module output (forward order)")
     ax.set_ylabel("fraction of outputs / units (median over steps)")
-    width = 0.27
-    x = np.arange(len(order))
-    for k, (metric, label) in enumerate((("zero_frac", "exactly zero"), ("sat_frac", "saturated (bounded)"),
-                                         ("dead_frac", "dead units (ReLU family)"))):
-        a = run.metric("act", metric)[:, order].astype(np.float64)
-        with np.errstate(all="ignore"), _quiet():
-            y = np.nanmedian(a, axis=0) if a.shape[0] else np.full(len(order), np.nan)
-        ax.bar(x + (k - 1) * width, np.nan_to_num(y), width, label=label)
+    if not rows:
+        ax.text(0.5, 0.5, "no module outputs recorded", ha="center", va="center", transform=ax.transAxes)
+        return _save(fig, path)
+    meds = {}
+    for metric, _ in ACT_METRICS:
+        a = run.metric("act", metric).astype(np.float64)
+        with quiet():
+            meds[metric] = np.nanmedian(a, axis=0) if a.shape[0] else np.full(len(rows), np.nan)
+    if many:  # one point per block / depth bucket: the median over its module outputs
+        labels = [label for label, _ in kept]
+        x = np.arange(len(per_group))
+        for metric, label in ACT_METRICS:
+            y = group_median(meds[metric][None, :], per_group)[0]
+            ax.plot(x, y, marker="o", ms=3, label=label)
+        ax.set_xlabel("block / depth group (forward order; median over its module outputs)")
+    else:
+        labels = [f"{rows[c].name} ({rows[c].module_type})" for c in order]
+        x = np.arange(len(order))
+        width = 0.27
+        for k, (metric, label) in enumerate(ACT_METRICS):
+            ax.bar(x + (k - 1) * width, np.nan_to_num(meds[metric][order]), width, label=label)
+        ax.set_xlabel("module output (forward order)")
     ax.set_ylim(0, 1.05)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="dead/saturated warning level")
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{rows[c].name} ({rows[c].module_type})" for c in order], rotation=90,
-                       fontsize=6 if len(order) < 60 else 4)
-    ax.legend(fontsize=8)
+    ax.set_xticklabels([draw.short_label(s, 40) for s in labels], rotation=90,
+                       fontsize=7 if len(labels) <= 24 else 6)
+    recorded = [m for m in meds.values() if np.isfinite(m).any()]
+    if not recorded:
+        _note(ax, "no activation statistics recorded (activations=False?)")
+    elif all(np.nan_to_num(m).max() == 0 for m in recorded):
+        _note(ax, "all zero: no output is exactly 0, saturated or a dead unit (healthy by these measures)")
+    ax.legend(fontsize=8, loc="upper right")
     return _save(fig, path)
 
 
+def _note(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.55, text, ha="center", va="center", transform=ax.transAxes, fontsize=10,
+            bbox={"boxstyle": "round", "fc": "lightyellow", "ec": "grey"})
+
+
 def global_norm(run: Run, findings: list[Finding], path: Path) -> Path:
-    """Global gradient norm (pre-clip) over steps, with spikes, clipped steps and non-finite steps."""
-    fig = _figure(10, 4.5)
-    ax = fig.add_subplot()
+    """Global gradient norm (pre-clip) over steps with spikes, clipped and non-finite steps marked;
+    below it the logged loss (when there is one) with its spikes."""
+    loss = run.scalars.get("loss")
+    has_loss = loss is not None and np.isfinite(loss).any()
+    fig = _figure(10, 6.5 if has_loss else 4.5)
+    axes = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2]) if has_loss else [fig.add_subplot()]
+    draw_global_norm(axes[0], run, findings)
+    if has_loss:
+        axes[0].set_xlabel("")
+        draw_loss(axes[1], run, findings)
+    return _save(fig, path)
+
+
+def _spike_steps(findings: list[Finding], kind: str) -> list[int]:
+    return [int(f.evidence["step"]) for f in findings if f.kind == kind and "step" in f.evidence]
+
+
+def draw_global_norm(ax: Any, run: Run, findings: list[Finding]) -> None:
     ax.set_title(f"Global gradient norm, pre-clip ({run.path.name})")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("global gradient L2 norm (log scale)")
+    ax.set_ylabel("global gradient L2 norm (log)")
     g = run.scalars.get("grad_norm")
     if g is None or not np.isfinite(g).any():
         ax.text(0.5, 0.5, "no global norm recorded", ha="center", va="center", transform=ax.transAxes)
-        return _save(fig, path)
+        return
     g = g.astype(np.float64)
     s, y = _reduce(run.steps, g[:, None])
     ax.plot(s, np.where(y[:, 0] > 0, y[:, 0], np.nan), lw=1, label="global norm" +
             (" (block median)" if len(s) < run.num_steps else ""))
-    ax.set_yscale("log")
-    top = np.nanmax(np.where(np.isfinite(g) & (g > 0), g, np.nan))
+    if (g[np.isfinite(g)] > 0).any():
+        ax.set_yscale("log")
+    top = np.nanmax(np.where(np.isfinite(g) & (g > 0), g, np.nan)) if (g > 0).any() else 1.0
     clip = run.scalars.get("clip_coef")
     if clip is not None:
         with np.errstate(invalid="ignore"):
             m = clip < 1
         if m.any():
             ax.scatter(run.steps[m], np.where(np.isfinite(g[m]), g[m], top), s=8, c="orange", label="clipped")
-    spikes = [f.evidence["step"] for f in findings if f.kind == "gradient_spike"]
+    spikes = _spike_steps(findings, "gradient_spike")
     if spikes:
         idx = np.searchsorted(run.steps, spikes)
         ax.scatter(spikes, g[np.clip(idx, 0, len(g) - 1)], s=60, facecolors="none", edgecolors="red",
@@ -185,7 +172,25 @@ def global_norm(run: Run, findings: list[Finding], path: Path) -> Path:
         ax.scatter(run.steps[bad], np.full(int(bad.sum()), top), marker="x", c="black", s=18,
                    label="non-finite step")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+
+
+def draw_loss(ax: Any, run: Run, findings: list[Finding]) -> None:
+    """The logged loss (log axis when positive) with loss spikes and gradient spikes marked."""
+    loss = run.scalars["loss"].astype(np.float64)
+    s, y = _reduce(run.steps, loss[:, None])
+    ax.plot(s, y[:, 0], lw=1, color="tab:green", label="loss" + (" (block median)" if len(s) < len(loss) else ""))
+    fin = loss[np.isfinite(loss)]
+    if fin.size and (fin > 0).all() and fin.max() > 20 * fin.min():
+        ax.set_yscale("log")
+    ax.set_ylabel("loss")
+    ax.set_xlabel("optimizer step")
+    for kind, colour, label in (("loss_spike", "red", "loss spike"),
+                                ("gradient_spike", "purple", "gradient spike")):
+        at = _spike_steps(findings, kind)
+        if at:
+            idx = np.clip(np.searchsorted(run.steps, at), 0, len(loss) - 1)
+            ax.scatter(at, loss[idx], s=60, facecolors="none", edgecolors=colour, label=label)
+    ax.legend(fontsize=8)
 
 
 def _nonfinite_steps(run: Run) -> np.ndarray:
@@ -197,28 +202,16 @@ def _nonfinite_steps(run: Run) -> np.ndarray:
     return bad
 
 
-def _quiet() -> Any:
-    """Silence numpy's all-NaN-slice RuntimeWarnings inside a with block."""
-    import warnings
-
-    class _Quiet(warnings.catch_warnings):
-        def __enter__(self) -> Any:
-            out = super().__enter__()
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return out
-
-    return _Quiet()
-
-
 def write_plots(run: Run, findings: list[Finding], out_dir: str | Path, prefix: str = "") -> list[Path]:
     """All four figures as PNGs in ``out_dir``; returns their paths. A run without per-layer rows
     (a TensorBoard log of another tool) gets the global-norm figure only."""
     out = Path(out_dir)
     if not run.rows and run.scalars:
         return [global_norm(run, findings, out / f"{prefix}global_norm.png")]
+    heat = _heat(run)
     return [
-        gradient_flow_heatmap(run, out / f"{prefix}gradient_flow.png"),
-        norm_profile(run, out / f"{prefix}norm_profile.png"),
+        gradient_flow_heatmap(run, out / f"{prefix}gradient_flow.png", heat=heat),
+        norm_profile(run, out / f"{prefix}norm_profile.png", heat=heat),
         activation_health(run, out / f"{prefix}activation_health.png"),
         global_norm(run, findings, out / f"{prefix}global_norm.png"),
     ]

@@ -1,23 +1,31 @@
-"""TensorBoardSink: mirrors a run into TensorBoard event files (RUN/tb/), on the writer thread.
+"""TensorBoardSink: mirrors a run into TensorBoard event files (RUN/tb/) as it is written.
 
-Tags are grouped so the UI stays usable with hundreds of layers:
+Runs and tags, chosen so that vanishing with depth is one glance in a stock TensorBoard:
 
-    global/<scalar>                every per-step scalar: grad_norm, loss, lr, clip_coef, amp_scale, ...
-    global/grad_nonfinite          non-finite gradient elements over all watched parameters
-    grad_norm/<depth:03d>.<name>   one per parameter (likewise update_ratio/, flow_norm/, act_std/,
-                                   dead_frac/); the depth prefix sorts layers in forward order
-    hist/log10_grad_norm           per step: the distribution of log10 per-layer gradient norms
-    run/config, events/<kind>, summary/findings    text
+    tb/                            the run itself
+        global/<scalar>            every per-step scalar: grad_norm, loss, lr, clip_coef, amp_scale, ...
+        global/grad_nonfinite      non-finite gradient elements over all watched parameters
+        hist/log10_grad_norm       per step: the distribution of log10 per-parameter gradient norms
+        gradient_flow              image: gradient norm by depth over steps, and the profile by depth
+        run/config, events/<kind>, findings    text (findings with their remedies)
+    tb/layers/NN <group>/          one TensorBoard run per block (transformers), layer (short plain
+                                   stacks) or depth bucket (deep stacks): see gradscope.run.groups
+        depth/grad_norm            the group's gradient L2 norm; with depth/log10_grad_norm,
+                                   depth/flow_norm, depth/act_std, depth/dead_frac, depth/update_ratio:
+                                   one chart overlays every group, one colour each (like add_scalars)
+        grad_norm/<role>           each row of the group (``attention.self.query.weight``), so that the
+                                   chart of one role overlays it across blocks; likewise update_ratio/,
+                                   flow_norm/, act_std/, dead_frac/ (up to MAX_ROW_TAGS rows per kind)
 
-A custom-scalars layout groups the per-layer series into one chart per block (a name prefix such as
-``encoder.layer.3``). Each step becomes one event holding all of its values. The sink never raises:
-errors are kept in ``errors`` and warned about once, and training goes on.
+A custom-scalars layout puts the overlays first, then one chart per role. Every event carries the
+step's own host wall time (``wall_time`` in the chunk) when the run recorded it. Nothing is re-read:
+each chunk is written as it arrives. The sink never raises: errors are kept in ``errors`` and warned
+about once, and training goes on.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import warnings
@@ -27,55 +35,61 @@ from typing import Any
 
 import numpy as np
 
-# chunk array -> tag group of its per-row series
+from gradscope.run.format import Row
+from gradscope.run.groups import Grouping, block_of, group_median, group_norm, group_rows
+from gradscope.sinks import tb_files as pb
+
+__all__ = ["TensorBoardSink", "block_of", "row_tag", "ROW_TAG"]
+
+# chunk array -> (tag group, how rows of a group combine into the group's series)
 ROW_GROUPS = {
-    "param/grad_norm": "grad_norm",
-    "param/update_ratio": "update_ratio",
-    "flow/norm": "flow_norm",
-    "act/std": "act_std",
-    "act/dead_frac": "dead_frac",
+    "param/grad_norm": ("grad_norm", "norm"),
+    "param/update_ratio": ("update_ratio", "median"),
+    "flow/norm": ("flow_norm", "norm"),
+    "act/std": ("act_std", "median"),
+    "act/dead_frac": ("dead_frac", "median"),
 }
-ROW_TAG = re.compile(r"^(" + "|".join(ROW_GROUPS.values()) + r")/(\d+|-+)\.(.+)$")
+# per-layer tags of the gradscope versions before the layer runs (tbread skips them as not scalars)
+ROW_TAG = re.compile(r"^(" + "|".join(g for g, _ in ROW_GROUPS.values()) + r")/(\d+|-+)\.(.+)$")
 HIST_TAG = "hist/log10_grad_norm"
 NONFINITE_TAG = "global/grad_nonfinite"
-ALWAYS_WRITTEN = {"grad_norm"}  # scalars whose NaN means a non-finite gradient, not "not recorded"
+IMAGE_TAG = "gradient_flow"
+LAYER_DIR = "layers"
+MAX_ROW_TAGS = 1024  # per-row tags of one kind at most; past that the group series carry it
+IMAGE_SECONDS = 60.0  # the image is redrawn at a flush at most this often (and once more at close);
+# drawing takes ~0.3 s of the writer thread
+HISTORY = 4 * 800  # steps of gradient history kept for the image (halved by pairs past that)
+SUMMARY_CELLS = 2_000_000  # close() diagnoses the run itself only up to steps x rows of this size
 
 
-def row_tag(group: str, name: str, depth: int | None) -> str:
-    """``grad_norm/007.encoder.layer.1.output.dense.weight``; rows never run get ``---``."""
-    return f"{group}/{'---' if depth is None else f'{depth:03d}'}.{name}"
-
-
-def block_of(name: str, kind: str) -> str:
-    """The block a row belongs to: the module path up to its first numeric part (``encoder.layer.3``),
-    else the parent of the module (``bert.embeddings``), else the module itself (``classifier``)."""
-    module = name.rpartition(".")[0] if kind == "param" else name
-    parts = module.split(".") if module else []
-    for i, part in enumerate(parts[:-1]):
-        if part.isdigit():
-            return ".".join(parts[: i + 1])
-    if len(parts) >= 2:
-        return ".".join(parts[:-1])
-    return parts[0] if parts else "(root)"
+def row_tag(group: str, role: str) -> str:
+    """The tag of one row inside its layer run: ``grad_norm/attention.self.query.weight``."""
+    return f"{group}/{role}"
 
 
 class TensorBoardSink:
     """A RunWriter sink writing TensorBoard event files to ``log_dir`` (see the module docstring)."""
 
-    def __init__(self, log_dir: str | os.PathLike[str], *, histograms: bool = True,
-                 summary: bool = True) -> None:
+    def __init__(self, log_dir: str | Path, *, histograms: bool = True, summary: bool = True,
+                 image: bool = True) -> None:
         from gradscope._optional import require
 
         require("tensorboard", "TensorBoard logging")
         self.log_dir = Path(log_dir)
-        self.histograms, self.summary = histograms, summary
+        self.histograms, self.summary, self.image = histograms, summary, image
         self.errors: list[str] = []
-        self._writer: Any = None
-        self._rows: dict[str, list[tuple[str, int | None]]] = {}  # kind -> (name, depth) in column order
+        self._main = pb.EventFile(self.log_dir)
+        self._layer_files: dict[str, pb.EventFile] = {}
+        self._rows: list[Row] = []
+        self._grouping: Grouping | None = None
         self._scalar_names: set[str] = set()
-        self._groups_seen: set[str] = set()
         self._layout_key: Any = None
         self._config_written = False
+        self._findings_written = False
+        self._last_step = 0
+        self._history: tuple[Any, list[np.ndarray], list[np.ndarray]] | None = None
+        self._drawn_at = -np.inf
+        self._undrawn = False
         self._closed = False
 
     # -- sink protocol (writer thread) ----------------------------------------------------------
@@ -88,15 +102,25 @@ class TensorBoardSink:
     def write_events(self, events: list[dict[str, Any]]) -> None:
         self._guard("events", lambda: self._on_events(events))
 
+    def write_findings(self, findings: list[Any], step: int | None = None) -> None:
+        """Findings (with their remedies) as the ``findings`` text at ``step`` (default: the last)."""
+        self._guard("findings", lambda: self._on_findings(findings, step))
+
     def close(self, run: Any = None) -> None:
-        """Write the findings summary (from ``run``, else the run directory above ``log_dir``), flush."""
+        """Draw the last image, write the findings of ``run`` (or of a small run directory above
+        ``log_dir``) unless findings were already given, and close every event file."""
         if self._closed:
             return
-        if self.summary:
+        if self._undrawn:
+            self._guard("image", lambda: self._draw(force=True))
+        if self.summary and not self._findings_written:
             self._guard("summary", lambda: self._write_summary(run))
         self._closed = True
-        if self._writer is not None:
-            self._guard("close", self._writer.close)
+        for f in [self._main, *self._layer_files.values()]:
+            try:
+                f.close()
+            except Exception as exc:  # a full disk at close: record it, close the others
+                self.errors.append(f"close: {type(exc).__name__}: {exc}")
 
     # -- internals --------------------------------------------------------------------------------
     def _guard(self, what: str, job: Callable[[], None]) -> None:
@@ -110,93 +134,122 @@ class TensorBoardSink:
                 warnings.warn(f"gradscope's TensorBoard sink failed ({self.errors[0]}); the run directory "
                               f"is still written. Check {self.log_dir}.", RuntimeWarning, stacklevel=2)
 
-    def _emit(self, step: int, values: list[Any]) -> None:
-        from tensorboard.compat.proto import event_pb2, summary_pb2
+    def _emit(self, step: int, values: list[Any], wall: float | None = None) -> None:
+        """One event of the main run."""
+        self._main.add(step, time.time() if wall is None else wall, values)
 
-        if self._writer is None:
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-            self._writer = EventFileWriter(str(self.log_dir), max_queue_size=1000, flush_secs=10)
-        summary = summary_pb2.Summary(value=values)
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+    def _layer_file(self, g: int) -> pb.EventFile:
+        assert self._grouping is not None
+        label = self._grouping.groups[g].label
+        f = self._layer_files.get(label)
+        if f is None:
+            name = f"{g:02d} {pb.safe_dir(label)}"  # the number sorts runs (and colours) by depth
+            f = self._layer_files[label] = pb.EventFile(self.log_dir / LAYER_DIR / name)
+        return f
 
     def _on_manifest(self, manifest: dict[str, Any]) -> None:
-        rows: dict[str, list[tuple[str, int | None]]] = {}
-        for r in manifest.get("rows", []):
-            depth = r.get("depth")
-            rows.setdefault(r["kind"], []).append((r["name"], depth if isinstance(depth, int) else None))
-        self._rows = rows
+        self._rows = [Row.from_json(r) for r in manifest.get("rows", [])]
+        self._grouping = group_rows(self._rows)
         if not self._config_written:
             self._config_written = True
             info = {**(manifest.get("config") or {}), **(manifest.get("environment") or {})}
             lines = ["| key | value |", "| --- | --- |"]
             lines += [f"| {k} | {json.dumps(v)} |" for k, v in info.items()]
-            self._emit(0, [_text("run/config", "\n".join(lines))])
+            self._emit(0, [pb.text("run/config", "\n".join(lines))])
 
     def _on_chunk(self, arrays: dict[str, np.ndarray]) -> None:
-        steps = arrays["step"]
+        steps = np.asarray(arrays["step"])
+        wall = _wall_times(arrays.get("wall_time"), len(steps))
         scalars = {k[len("scalar/"):]: v for k, v in arrays.items() if k.startswith("scalar/")}
         self._scalar_names |= set(scalars)
-        self._maybe_write_layout(arrays)
-        series = [(f"global/{n}", v, n in ALWAYS_WRITTEN) for n, v in sorted(scalars.items())]
+        grouping = self._grouping or group_rows(self._rows)
+        self._maybe_write_layout(grouping)
+        self._write_main(steps, wall, scalars, arrays)
+        self._write_layers(steps, wall, arrays, grouping)
+        self._main.flush()
+        for f in self._layer_files.values():
+            f.flush()
+        if len(steps):
+            self._last_step = int(steps[-1])
+        if self.image and "param/grad_norm" in arrays and len(steps):
+            self._remember(steps, arrays["param/grad_norm"], grouping)
+            self._draw(force=False)
+
+    def _write_main(self, steps: np.ndarray, wall: np.ndarray, scalars: dict[str, np.ndarray],
+                    arrays: dict[str, np.ndarray]) -> None:
+        series = [(f"global/{n}", np.asarray(v, np.float64), n == "grad_norm") for n, v in sorted(scalars.items())]
         nonfinite = arrays.get("param/grad_nonfinite")
-        grad_bad = None
         if nonfinite is not None and nonfinite.shape[1]:
-            grad_bad = np.nan_to_num(nonfinite) > 0
             counts = np.where(np.isnan(nonfinite).all(1), np.nan, np.nansum(nonfinite, 1))
             series.append((NONFINITE_TAG, counts, False))
-        rowwise = []
-        for key, group in ROW_GROUPS.items():
-            arr = arrays.get(key)
-            kind_rows = self._rows.get(key.split("/")[0], [])
-            if arr is not None and arr.shape[1]:
-                tags = [row_tag(group, n, d) for n, d in kind_rows[: arr.shape[1]]]
-                rowwise.append((tags, arr, grad_bad if key == "param/grad_norm" else None))
         grads = arrays.get("param/grad_norm")
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        value = Summary.Value
         for t, step in enumerate(steps.tolist()):
-            values = [value(tag=tag, simple_value=float(v[t])) for tag, v, always in series
-                      if always or not np.isnan(v[t])]
-            for tags, arr, bad in rowwise:
-                keep = ~np.isnan(arr[t, : len(tags)])
-                if bad is not None:
-                    keep |= bad[t, : len(tags)]
-                cols = np.flatnonzero(keep)
-                values += [value(tag=tags[c], simple_value=v)
-                           for c, v in zip(cols.tolist(), arr[t, cols].tolist(), strict=True)]
-            if self.histograms and grads is not None:
+            values = [pb.scalar(tag, float(v[t])) for tag, v, always in series if always or not np.isnan(v[t])]
+            if self.histograms and grads is not None and grads.shape[1]:
                 g = grads[t]
                 g = g[np.isfinite(g) & (g > 0)]
                 if g.size:
-                    values.append(_histogram(HIST_TAG, np.log10(g.astype(np.float64))))
+                    values.append(pb.histogram(HIST_TAG, np.log10(g.astype(np.float64))))
             if values:
-                self._emit(step, values)
-        if self._writer is not None:
-            self._writer.flush()
+                self._emit(step, values, wall[t])
 
-    def _maybe_write_layout(self, arrays: dict[str, np.ndarray]) -> None:
-        self._groups_seen |= {key for key in ROW_GROUPS if key in arrays}
-        present = [(key, group) for key, group in ROW_GROUPS.items() if key in self._groups_seen]
-        key = (tuple(sorted(self._scalar_names)), tuple(present),
-               tuple((k, tuple(v)) for k, v in sorted(self._rows.items())))
+    def _write_layers(self, steps: np.ndarray, wall: np.ndarray, arrays: dict[str, np.ndarray],
+                      grouping: Grouping) -> None:
+        """Per group: the group's series (``depth/<metric>``) and each of its rows (``<metric>/<role>``)."""
+        per_group: dict[int, list[tuple[str, np.ndarray, np.ndarray | None]]] = {}
+        for key, (tag, how) in ROW_GROUPS.items():
+            arr = arrays.get(key)
+            kind = key.split("/")[0]
+            if arr is None or not arr.shape[1]:
+                continue
+            width = arr.shape[1]
+            cols = [[c for c in cs if c < width] for cs in grouping.of(kind)]
+            combined = group_norm(arr, cols) if how == "norm" else group_median(arr, cols)
+            bad = None
+            if key == "param/grad_norm" and "param/grad_nonfinite" in arrays:
+                bad = np.nan_to_num(arrays["param/grad_nonfinite"]) > 0
+            for g, cs in enumerate(cols):
+                if not cs:
+                    continue
+                out = per_group.setdefault(g, [])
+                out.append((f"depth/{tag}", combined[:, g], None))
+                if tag == "grad_norm":
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        out.append(("depth/log10_grad_norm", np.log10(combined[:, g]), None))
+                if width <= MAX_ROW_TAGS:
+                    roles = grouping.roles[kind]
+                    for c in cs:
+                        out.append((row_tag(tag, roles[c]), arr[:, c], None if bad is None else bad[:, c]))
+        for g, series in per_group.items():
+            f = self._layer_file(g)
+            for t, step in enumerate(steps.tolist()):
+                values = [pb.scalar(tag, float(v[t])) for tag, v, b in series
+                          if not np.isnan(v[t]) or (b is not None and b[t])]
+                if values:
+                    f.add(step, float(wall[t]), values)
+
+    def _maybe_write_layout(self, grouping: Grouping) -> None:
+        kinds = {k: len(grouping.roles[k]) for k in ("param", "act", "flow")}
+        key = (tuple(sorted(self._scalar_names)), grouping.by, tuple(g.label for g in grouping.groups),
+               tuple(sorted(kinds.items())))
         if key == self._layout_key:
             return
         self._layout_key = key
-        self._emit(0, [_layout_value(self._layout(present))])
+        self._emit(0, [pb.layout(self._layout(grouping))])
 
-    def _layout(self, present: list[tuple[str, str]]) -> list[tuple[str, list[tuple[str, list[str]]]]]:
-        """[(category, [(chart title, [exact tags])])]: global scalars, then each group by block."""
-        cats = [("global", [(n, [f"global/{n}"]) for n in sorted(self._scalar_names)])]
-        for key, group in present:
+    def _layout(self, grouping: Grouping) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Overlays by depth, the global scalars, then one chart per role (a line per group)."""
+        what = {"block": "block", "layer": "layer", "depth": "depth bucket"}[grouping.by]
+        overlay = [(f"{tag} by {what}", pb.exact(f"depth/{tag}")) for tag, _ in ROW_GROUPS.values()]
+        overlay.insert(1, (f"log10 grad_norm by {what}", pb.exact("depth/log10_grad_norm")))
+        cats = [(f"by depth: one line per {what}", overlay),
+                ("global", [(n, pb.exact(f"global/{n}")) for n in sorted(self._scalar_names)])]
+        for key, (tag, _) in ROW_GROUPS.items():
             kind = key.split("/")[0]
-            blocks: dict[str, list[tuple[int, str]]] = {}
-            for name, depth in self._rows.get(kind, []):
-                order = depth if depth is not None else 1 << 30
-                blocks.setdefault(block_of(name, kind), []).append((order, row_tag(group, name, depth)))
-            charts = sorted(blocks.items(), key=lambda kv: min(o for o, _ in kv[1]))
-            cats.append((f"{group} by block", [(b, [t for _, t in tags]) for b, tags in charts]))
+            roles = list(dict.fromkeys(grouping.roles.get(kind, [])))
+            if roles and len(grouping.roles[kind]) <= MAX_ROW_TAGS and grouping.by != "depth":
+                cats.append((f"{tag} of each role, one line per {what}",
+                             [(r, pb.exact(row_tag(tag, r))) for r in roles]))
         return [c for c in cats if c[1]]
 
     def _on_events(self, events: list[dict[str, Any]]) -> None:
@@ -204,91 +257,113 @@ class TensorBoardSink:
             body = "\n".join(f"- **{k}**: `{json.dumps(v, default=str)}`" for k, v in ev.items())
             step = ev.get("step", 0)
             tag = f"events/{ev.get('kind', 'event')}"
-            self._emit(step if isinstance(step, int) else 0, [_text(tag, body)])
+            self._emit(step if isinstance(step, int) else 0, [pb.text(tag, body)])
+        self._main.flush()
+
+    def _on_findings(self, findings: list[Any], step: int | None) -> None:
+        self._emit(self._last_step if step is None else step, [pb.text("findings", findings_markdown(findings))])
+        self._main.flush()
+        self._findings_written = True
 
     def _write_summary(self, run: Any) -> None:
+        """Findings of ``run``; without one, of the run directory above ``log_dir`` when it is small
+        (a large run is not re-read at close: ``gradscope analyze RUN`` diagnoses it)."""
         if run is None:
-            from gradscope.run import format as fmt
-            from gradscope.run.reader import load_run
-
-            if not (self.log_dir.parent / fmt.MANIFEST).is_file():
+            run = self._small_run()
+            if run is None:
+                note = ("Findings are not computed when the run closes for a run this size: run "
+                        f"`gradscope analyze {self.log_dir.parent}`.")
+                self._emit(self._last_step, [pb.text("findings", note)])
                 return
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                run = load_run(self.log_dir.parent)
         if run.num_steps == 0:
             return
-        self._emit(int(run.steps[-1]), [_text("summary/findings", summary_markdown(run))])
-        self._writer.flush()
+        from gradscope.diagnose import diagnose
+
+        self._on_findings(list(diagnose(run)), int(run.steps[-1]))
+
+    def _small_run(self) -> Any:
+        from gradscope.run import format as fmt
+        from gradscope.run.reader import load_run
+
+        parent = self.log_dir.parent
+        if not (parent / fmt.MANIFEST).is_file() or not self._rows:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run = load_run(parent)
+        return run if run.num_steps * max(1, len(run.rows)) <= SUMMARY_CELLS else None
+
+    # -- the gradient-flow image --------------------------------------------------------------------
+    def _remember(self, steps: np.ndarray, grad_norm: np.ndarray, grouping: Grouping) -> None:
+        """Keep the gradient norms for the image: per parameter, or per group past draw.HEAT_ROWS."""
+        from gradscope.report.draw import HEAT_ROWS
+
+        width = grad_norm.shape[1]
+        per_param = width <= HEAT_ROWS
+        key = (per_param, width if per_param else tuple(g.label for g in grouping.groups))
+        values = grad_norm.astype(np.float32) if per_param else group_norm(
+            grad_norm, [[c for c in cs if c < width] for cs in grouping.of("param")]).astype(np.float32)
+        if self._history is None or self._history[0] != key:
+            self._history = (key, [], [])
+        _, s, v = self._history
+        s.append(np.asarray(steps, np.int64))
+        v.append(values)
+        if sum(len(x) for x in s) > HISTORY:  # halve: every other step, the pair's mean
+            all_s, all_v = np.concatenate(s), np.concatenate(v)
+            n = len(all_s) // 2 * 2
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                pairs = np.nanmean(all_v[:n].reshape(n // 2, 2, -1), axis=1)
+            s[:], v[:] = [all_s[:n:2], all_s[n:]], [pairs, all_v[n:]]
+        self._undrawn = True
+
+    def _draw(self, force: bool) -> None:
+        from gradscope import _optional
+
+        if self._history is None or not _optional.available("matplotlib"):
+            return
+        now = time.monotonic()
+        if not force and now - self._drawn_at < IMAGE_SECONDS:
+            return
+        from gradscope.report import draw
+
+        (per_param, _), s, v = self._history
+        steps, values = np.concatenate(s), np.concatenate(v)
+        grouping = self._grouping or group_rows(self._rows)
+        if per_param:
+            heat = draw.param_heat(self._rows, steps, values, grouping)
+        else:
+            labels = [g.label for g in grouping.groups]
+            keep = [i for i in range(values.shape[1]) if np.isfinite(values[:, i]).any()]
+            heat = draw.Heat(steps, values[:, keep].astype(np.float64), [labels[i] for i in keep],
+                             [(j, labels[i]) for j, i in enumerate(keep)], True)
+        png, w, h = draw.flow_png(heat, self.log_dir.parent.name)
+        self._emit(int(steps[-1]), [pb.image(IMAGE_TAG, png, w, h)])
+        self._main.flush()
+        self._drawn_at, self._undrawn = now, False
 
 
-def summary_markdown(run: Any) -> str:
-    """Findings of ``run`` when gradscope.diagnose is available, else a short statistics summary."""
-    lines = [f"**{run.num_steps} steps**, rows: "
-             + ", ".join(f"{k} {len(run.rows_of(k))}" for k in ("param", "act", "flow"))]
-    g = run.scalars.get("grad_norm")
-    if g is not None and np.isfinite(g).any():
-        f = g[np.isfinite(g)]
-        lines.append(f"- global grad norm: min {f.min():.3g}, median {np.median(f):.3g}, max {f.max():.3g}")
-        if not np.isfinite(g).all():
-            lines.append(f"- first non-finite global grad norm at step {int(run.steps[~np.isfinite(g)][0])}")
-    try:
-        from gradscope.diagnose import diagnose  # type: ignore[attr-defined]
-    except ImportError:
-        return "\n".join(lines)
-    diagnose = getattr(diagnose, "diagnose", diagnose)  # the function, or a module holding it
-    try:
-        findings = list(diagnose(run))
-    except Exception as exc:  # a summary without findings beats no summary
-        return "\n".join([*lines, f"- (findings unavailable: {type(exc).__name__}: {exc})"])
-    lines.append(f"\n**{len(findings)} findings**" if findings else "\nno findings: the run looks healthy")
+def _wall_times(wall: np.ndarray | None, n: int) -> np.ndarray:
+    """Each step's recorded host wall time; now for steps (or old runs) without one."""
+    now = time.time()
+    if wall is None:
+        return np.full(n, now)
+    w = np.asarray(wall, np.float64)
+    return np.where(np.isfinite(w), w, now)
+
+
+def findings_markdown(findings: list[Any]) -> str:
+    """Findings as markdown for TensorBoard's text tab: severity, kind, layers, message and remedy."""
+    if not findings:
+        return "**No findings**: no warning or error; the run looks healthy by gradscope's checks."
+    lines = [f"**{len(findings)} finding(s)**", ""]
     for f in findings:
-        sev, kind = getattr(f, "severity", ""), getattr(f, "kind", "")
-        lines.append(f"- **{getattr(sev, 'value', sev)}** {kind}: {getattr(f, 'message', f)}")
+        sev = getattr(getattr(f, "severity", ""), "value", "")
+        layers = list(getattr(f, "layers", []) or [])
+        where = f" — layers: `{', '.join(layers[:6])}`" + (f" (+{len(layers) - 6})" if len(layers) > 6 else "")
+        lines.append(f"- **{sev}** `{getattr(f, 'kind', '')}`{where if layers else ''}")
+        lines.append(f"  - {getattr(f, 'message', f)}")
+        remedy = getattr(f, "remedy", "")
+        if remedy:
+            lines.append(f"  - **Remedy:** {remedy}")
     return "\n".join(lines)
-
-
-# -- protos -----------------------------------------------------------------------------------------
-def _histogram(tag: str, values: np.ndarray, bins: int = 30) -> Any:
-    from tensorboard.compat.proto import summary_pb2
-
-    lo, hi = float(values.min()), float(values.max())
-    counts, edges = np.histogram(values, bins=bins if hi > lo else 1, range=(lo, hi if hi > lo else lo + 1))
-    histo = summary_pb2.HistogramProto(
-        min=lo, max=hi, num=float(values.size), sum=float(values.sum()),
-        sum_squares=float(np.square(values).sum()),
-        bucket_limit=[float(e) for e in edges[1:]], bucket=[float(c) for c in counts],
-    )
-    return summary_pb2.Summary.Value(tag=tag, histo=histo)
-
-
-def _string_tensor(data: bytes) -> Any:
-    from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
-
-    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[data],
-                                  tensor_shape=tensor_shape_pb2.TensorShapeProto())
-
-
-def _text(tag: str, text: str) -> Any:
-    from tensorboard.compat.proto import summary_pb2
-    from tensorboard.plugins.text import metadata
-
-    return summary_pb2.Summary.Value(tag=tag, metadata=metadata.create_summary_metadata("", ""),
-                                     tensor=_string_tensor(text.encode("utf-8")))
-
-
-def _layout_value(categories: list[tuple[str, list[tuple[str, list[str]]]]]) -> Any:
-    from tensorboard.compat.proto import summary_pb2
-    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
-
-    layout = layout_pb2.Layout(category=[
-        layout_pb2.Category(title=title, chart=[
-            layout_pb2.Chart(title=chart, multiline=layout_pb2.MultilineChartContent(
-                tag=["^(?:" + "|".join(re.escape(t) for t in tags) + ")$"]))
-            for chart, tags in charts
-        ])
-        for title, charts in categories
-    ])
-    return summary_pb2.Summary.Value(tag=metadata.CONFIG_SUMMARY_TAG,
-                                     metadata=metadata.create_summary_metadata(),
-                                     tensor=_string_tensor(layout.SerializeToString()))

@@ -65,10 +65,13 @@ def test_export_in_small_chunks_writes_the_same(runs, monkeypatch):
     export_mod.export_tensorboard(a, root / "small", histograms=False)
     acc = EventAccumulator(str(root / "small"), size_guidance={"scalars": 0})
     acc.Reload()
-    first = a.rows_of("param")[0]
-    got = [e.value for e in acc.Scalars(f"grad_norm/000.{first.name}")]
-    np.testing.assert_array_equal(np.array(got, np.float32), a.metric("param", "grad_norm")[:, 0])
+    np.testing.assert_array_equal([e.value for e in acc.Scalars("global/grad_norm")], a.scalars["grad_norm"])
     assert not acc.Tags()["histograms"]
+    first = a.rows_of("param")[0]  # its layer run, the first by depth
+    layer = EventAccumulator(str(sorted((root / "small" / "layers").iterdir())[0]), size_guidance={"scalars": 0})
+    layer.Reload()
+    got = [e.value for e in layer.Scalars(f"grad_norm/{first.name.rpartition('.')[2]}")]
+    np.testing.assert_array_equal(np.array(got, np.float32), a.metric("param", "grad_norm")[:, 0])
 
 
 def test_duplicate_run_names_get_suffixes(runs, tmp_path):
@@ -97,6 +100,7 @@ def test_export_bad_input_exits_2_with_one_line(runs, tmp_path, case):
     if case == "existing":  # --overwrite replaces the files instead of appending duplicates
         ok = CliRunner().invoke(main, ["export", str(run), "--tensorboard", str(out), "--overwrite"])
         assert ok.exit_code == 0 and len(list((out / "a").glob("*tfevents*"))) == 1
+        assert all(len(list(d.glob("*tfevents*"))) == 1 for d in (out / "a" / "layers").iterdir())
 
 
 def test_tbread_errors_name_the_problem(tmp_path):

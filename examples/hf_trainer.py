@@ -4,7 +4,7 @@ A small BERT (random init, so nothing is downloaded) learns a toy task: is token
 Training uses gradient accumulation and clipping; gradscope records the pre-clip gradient norms once
 per optimizer step, so its global norm is the number the Trainer logs as ``grad_norm``.
 
-    pip install 'gradscope[hf]' accelerate
+    pip install transformers accelerate        # or, in a gradscope checkout: pip install -e '.[hf]'
     python examples/hf_trainer.py --out runs/hf
     gradscope analyze runs/hf/gradscope
 """

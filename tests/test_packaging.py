@@ -24,7 +24,7 @@ def test_kernels_importable_from_an_installed_wheel(tmp_path):
     wheel_dir = tmp_path / "wheel"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(wheel_dir), str(ROOT)], check=True, timeout=300)
-    (wheel,) = wheel_dir.glob("gradscope-*.whl")
+    (wheel,) = wheel_dir.glob("torch_gradscope-*.whl")  # the distribution name
     names = zipfile.ZipFile(wheel).namelist()
     assert "gradscope/kernels/__init__.py" in names
     target = tmp_path / "site"
@@ -52,3 +52,29 @@ def test_analyze_does_not_import_torch(tmp_path):
             "print(r.exit_code, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "False"], out.stdout + out.stderr
+
+
+def test_python_dash_m_gradscope_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "gradscope", "--version"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    import gradscope
+
+    assert out.stdout.strip() == f"gradscope, version {gradscope.__version__}"
+    helped = subprocess.run([sys.executable, "-m", "gradscope", "analyze", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert helped.returncode == 0 and "Usage: gradscope analyze" in helped.stdout
+
+
+def test_distribution_name_is_not_the_unrelated_index_project():
+    """'gradscope' on the package index is another project: ours is torch-gradscope (import gradscope)."""
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert meta["name"] == "torch-gradscope"
+    texts = [ROOT / "README.md", *sorted((ROOT / "examples").glob("*.py")), ROOT / "src/gradscope/_optional.py"]
+    for path in texts:
+        for line in path.read_text().splitlines():
+            if "pip install" in line:
+                assert "gradscope[" not in line.replace("torch-gradscope[", ""), f"{path.name}: {line}"
+                assert "install gradscope" not in line and "install 'gradscope" not in line, f"{path.name}: {line}"

@@ -6,11 +6,15 @@ import importlib
 import importlib.util
 from types import ModuleType
 
+# Each line works as written (the extras of a gradscope checkout, `pip install -e '.[hf]'`, hold the same).
 _HINTS = {
-    "triton": "pip install 'gradscope[triton]'  (or: pip install triton)",
-    "transformers": "pip install 'gradscope[hf]'  (or: pip install transformers)",
-    "tensorboard": "pip install 'gradscope[tensorboard]'  (or: pip install tensorboard)",
-    "matplotlib": "pip install 'gradscope[plots]'  (or: pip install matplotlib)",
+    "triton": "pip install triton",
+    "transformers": "pip install transformers accelerate",
+    "accelerate": "pip install accelerate",
+    "tensorboard": "pip install tensorboard",
+    "matplotlib": "pip install matplotlib",
+    "lightning": ("pip install --no-deps lightning pytorch-lightning lightning-utilities torchmetrics  "
+                  "(--no-deps keeps your torch)"),
 }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from gradscope import __version__
 from gradscope.run.reader import RunError
 
 EXIT_OK, EXIT_GATE, EXIT_BAD_INPUT = 0, 1, 2
@@ -25,7 +26,7 @@ def fail(message: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="gradscope")
+@click.version_option(version=__version__, prog_name="gradscope")
 def main() -> None:
     """gradscope: gradient-health diagnostics for PyTorch training runs.
 

@@ -48,7 +48,7 @@ def minilm_path() -> Path | None:
 def resolve_backbone(name: str | None) -> str:
     """``name`` checked, or the default: pretrained MiniLM when installed, else the tiny random BERT."""
     if importlib.util.find_spec("transformers") is None:
-        raise TaskError("--task finetune needs transformers: pip install 'gradscope[hf]'")
+        raise TaskError("--task finetune needs transformers: pip install transformers accelerate")
     if name is None:
         return "minilm" if minilm_path() is not None else "tiny"
     if name not in BACKBONES:

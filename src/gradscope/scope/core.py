@@ -26,7 +26,7 @@ from gradscope.scope.buffers import StepBuffers
 from gradscope.scope.modules import ModuleRecorder
 from gradscope.scope.params import ParamRecorder
 from gradscope.scope.rows import plan
-from gradscope.scope.setup import check_args, make_atexit, make_sinks, open_log_dir
+from gradscope.scope.setup import FailedStart, check_args, make_atexit, make_sinks, open_log_dir
 from gradscope.scope.step import StepState
 
 
@@ -55,25 +55,44 @@ class Scope:
         tensorboard: bool | None = None,
         scaler: torch.amp.GradScaler | None = None,
         compact: bool = True,
+        start_step: int = 0,
     ) -> None:
-        check_args(model, optimizer, every, flush_every, update_every, include, exclude)
+        if not isinstance(start_step, int) or isinstance(start_step, bool) or start_step < 0:
+            raise ValueError(f"watch(start_step={start_step!r}): must be a whole number >= 0")
+        opts, wrapper_scaler = check_args(model, optimizer, every, flush_every, update_every, include, exclude)
+        scaler = scaler if scaler is not None else wrapper_scaler
         self._compiled = hasattr(model, "_orig_mod")
         model = getattr(model, "_orig_mod", model)  # a torch.compile'd module: name rows as the original
         self._rank0 = distributed.rank() == 0
         claim = None
+        given_existed = log_dir is not None and Path(log_dir).exists()
         if self._rank0:
             self.log_dir, claim = open_log_dir(log_dir, overwrite)
         else:
             self.log_dir = Path(log_dir or ".")
+        self._handles: list[Any] = []
+        self._step_handles: list[Any] = []
+        undo = FailedStart(self, self.log_dir if self._rank0 else None, claim,
+                           keep_dir=given_existed and self.log_dir == Path(log_dir))  # type: ignore[arg-type]
+        try:
+            self._start(model, opts, include, exclude, every, flush_every, activations, flow, update_every,
+                        tensorboard, scaler, compact, claim)
+            self._state.index = start_step
+        except BaseException:
+            undo()  # a failed watch() leaves no hook and no file behind
+            raise
+
+    def _start(self, model: nn.Module, opts: list[torch.optim.Optimizer], include: Any, exclude: Any, every: int,
+               flush_every: int, activations: bool, flow: bool, update_every: int, tensorboard: bool | None,
+               scaler: torch.amp.GradScaler | None, compact: bool, claim: Any) -> None:
         self.every, self.flush_every, self.update_every = every, flush_every, update_every
         self.activations, self.flow = activations, flow
         self._model: nn.Module | None = model
-        opts = [] if optimizer is None else list(optimizer) if isinstance(optimizer, Sequence) else [optimizer]
         self._optimizers: list[torch.optim.Optimizer] = opts
         named, watched, self._rows, hooked = plan(model, include, exclude)
         self._device = named[0][1].device if named else torch.device("cpu")
-        self._handles: list[Any] = []
         self._in_flush = False
+        self._latest: dict[str, float] = {}
         self._buffers = StepBuffers(flush_every, self._device, {"param": len(self._rows)})
         self._state = StepState(every, update_every, self._buffers)
         self._module_side = ModuleRecorder(hooked, self._rows, self._state, self._begin_activity,
@@ -167,6 +186,18 @@ class Scope:
         self._param_side.close()
         self._module_side.close()
 
+    def latest(self) -> dict[str, float]:
+        """The last flushed step's headline statistics as floats (``step``, ``grad_norm``, ``loss``, ``lr``,
+        ``layer_grad_norm_min``/``max``, ``nonfinite``, ...): no sync, at most ``flush_every`` steps old;
+        ``scope.flush(wait=True)`` brings it up to date. Empty before the first flush and on ranks > 0."""
+        return dict(self._latest)
+
+    def _keep_latest(self, arrays: dict[str, Any]) -> dict[str, Any]:
+        from gradscope.scope.latest import summarise
+
+        self._latest = summarise(arrays)  # on the writer thread: a new dict, swapped in at once
+        return arrays
+
     @property
     def write_errors(self) -> list[str]:
         """Errors the writer met (disk full, permissions); empty when everything was written."""
@@ -188,7 +219,6 @@ class Scope:
         # then marks where a step begins. A compiled model keeps its hooks (each change recompiles).
         self._toggle = (self._module_side.hooked and self.every > 1 and self._model is not None
                         and not self._compiled)
-        self._step_handles: list[Any] = []
         self._root_seen = False
         self._attach_step_hooks()
         if self._toggle:
@@ -260,7 +290,7 @@ class Scope:
                 if distributed.world_size() > 1:
                     distributed.reduce_nonfinite(self._buffers.filled())
                 finish = self._buffers.take()
-                self._writer.submit(lambda: self._writer.write_chunk(finish()))
+                self._writer.submit(lambda: self._writer.write_chunk(self._keep_latest(finish())))
             if state.events:
                 events, state.events = state.events, []
                 self._writer.submit(lambda: self._writer.write_events(events))
@@ -290,6 +320,7 @@ def watch(
     tensorboard: bool | None = None,
     scaler: torch.amp.GradScaler | None = None,
     compact: bool = True,
+    start_step: int = 0,
 ) -> Scope:
     """Watch ``model`` (and ``optimizer``): record gradient and activation health to ``log_dir``.
 
@@ -298,10 +329,13 @@ def watch(
     recorded steps; ``flush_every`` steps are copied to the host and written at once;
     ``scaler``: the GradScaler under AMP, so statistics are unscaled and skipped steps recorded;
     ``tensorboard`` mirrors the run into ``log_dir/tb`` (None: when tensorboard is installed);
-    ``compact`` merges the chunks into one memory-mappable array per metric at close (fast reading).
+    ``compact`` merges the chunks into one memory-mappable array per metric at close (fast reading);
+    ``start_step`` numbers the first step (a resumed run's global step, so steps match its logs).
+    ``optimizer`` may be a framework's wrapper (Lightning's, accelerate's): the torch optimizer inside
+    is the one watched, and a GradScaler the wrapper holds is used when ``scaler`` is not given.
     """
     return Scope(
         model, optimizer, log_dir=log_dir, include=include, exclude=exclude, every=every,
         flush_every=flush_every, activations=activations, flow=flow, update_every=update_every,
-        overwrite=overwrite, tensorboard=tensorboard, scaler=scaler, compact=compact,
+        overwrite=overwrite, tensorboard=tensorboard, scaler=scaler, compact=compact, start_step=start_step,
     )

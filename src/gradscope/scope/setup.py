@@ -37,20 +37,72 @@ def make_sinks(log_dir: Path, tensorboard: bool | None) -> list[Any]:
         raise
 
 
+def unwrap_optimizer(optimizer: Any) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler | None]:
+    """The torch optimizer inside a framework's wrapper, and the GradScaler the wrapper steps it with.
+
+    Lightning's ``LightningOptimizer`` (``self.optimizers()``), accelerate's ``AcceleratedOptimizer``
+    (``accelerator.prepare``, and so a transformers Trainer's optimizer) hold the optimizer whose
+    ``step()`` really runs; its step hooks are the ones that fire, so the Scope hooks that one.
+    """
+    given, scaler = optimizer, None
+    if isinstance(optimizer, torch.optim.lr_scheduler.LRScheduler):
+        raise TypeError(f"watch() got a learning-rate scheduler ({type(optimizer).__name__}): pass its optimizer, "
+                        "e.g. watch(model, scheduler.optimizer)")
+    for _ in range(8):  # wrappers of wrappers (accelerate around a LightningOptimizer, ...)
+        found = getattr(optimizer, "scaler", None)
+        if scaler is None and isinstance(found, torch.amp.GradScaler):
+            scaler = found  # accelerate keeps its fp16 GradScaler on the wrapper
+        inner = next((v for v in (getattr(optimizer, "optimizer", None), getattr(optimizer, "_optimizer", None))
+                      if v is not None and v is not optimizer and _wraps(v)), None)
+        if inner is None:
+            break
+        optimizer = inner
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        kind = type(given)
+        hint = " (that is the parameters: pass the optimizer built from them)" if _is_params(given) else ""
+        raise TypeError(f"watch() needs a torch.optim.Optimizer, a list of them, or a wrapper holding one in "
+                        f".optimizer (Lightning's LightningOptimizer, accelerate's AcceleratedOptimizer); got "
+                        f"{kind.__module__}.{kind.__qualname__}{hint}")
+    return optimizer, scaler
+
+
+def _wraps(obj: Any) -> bool:
+    """An optimizer, or something optimizer-like that may hold one (a wrapper of a wrapper)."""
+    return isinstance(obj, torch.optim.Optimizer) or hasattr(obj, "param_groups") or hasattr(obj, "optimizer")
+
+
+def _is_params(obj: Any) -> bool:
+    import types
+
+    return isinstance(obj, (types.GeneratorType, torch.Tensor)) or (
+        isinstance(obj, (list, tuple)) and bool(obj) and all(isinstance(o, torch.Tensor) for o in obj))
+
+
 def check_args(model: Any, optimizer: Any, every: int, flush_every: int, update_every: int,
-                include: Any, exclude: Any) -> None:
+               include: Any, exclude: Any) -> tuple[list[torch.optim.Optimizer], torch.amp.GradScaler | None]:
+    """Check watch()'s arguments before anything is created; return the unwrapped optimizers and the
+    GradScaler a wrapper was found stepping them with (None when none)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"watch() needs a torch.nn.Module as model, got {type(model).__name__}")
-    opts = optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]
-    for opt in opts:
-        if opt is not None and not isinstance(opt, torch.optim.Optimizer):
-            raise TypeError(f"watch() needs a torch.optim.Optimizer (or None), got {type(opt).__name__}")
+    if optimizer is None:
+        given: list[Any] = []
+    elif isinstance(optimizer, (list, tuple)) and not _is_params(optimizer):
+        given = list(optimizer)
+    else:
+        given = [optimizer]
+    opts, scalers = [], []
+    for opt in given:
+        inner, scaler = unwrap_optimizer(opt)
+        opts.append(inner)
+        if scaler is not None:
+            scalers.append(scaler)
     for name, value in (("every", every), ("flush_every", flush_every), ("update_every", update_every)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"watch({name}={value!r}): must be a positive integer")
     for name, pats in (("include", include), ("exclude", exclude)):
         if isinstance(pats, str):
             raise TypeError(f"watch({name}=...) takes a list of glob patterns, e.g. {name}=[{pats!r}]")
+    return opts, (scalers[0] if scalers else None)
 
 
 def default_log_dir() -> Path:
@@ -142,6 +194,49 @@ def open_log_dir(log_dir: str | os.PathLike[str] | None,
             print(f"gradscope: recording to {cand}", file=sys.stderr, flush=True)
         return cand, claim
     raise AssertionError  # unreachable
+
+
+class FailedStart:
+    """Undo a watch() that raised half-way: remove every hook it added, stop its writer, delete the
+    files it created and release its claim on the directory (removing the directory when watch()
+    made it), so the model is as before and a retry starts clean."""
+
+    NAMES = (fmt.MANIFEST, fmt.EVENTS, fmt.CHUNK_DIR, fmt.TB_DIR)
+
+    def __init__(self, scope: Any, log_dir: Path | None, claim: Any, keep_dir: bool) -> None:
+        self.scope, self.log_dir, self.claim, self.keep_dir = scope, log_dir, claim, keep_dir
+        self.before = {n for n in self.NAMES if log_dir is not None and os.path.lexists(log_dir / n)}
+
+    def __call__(self) -> None:
+        import shutil
+
+        scope = self.scope
+        for h in [*getattr(scope, "_handles", []), *getattr(scope, "_step_handles", [])]:
+            h.remove()
+        state = getattr(scope, "_state", None)
+        if state is not None:
+            state.closed = True
+        writer = getattr(scope, "_writer", None)
+        if writer is not None:
+            writer.compact = False
+            writer.close()  # drains its queue (the manifest) and releases the claim
+        elif self.claim is not None:
+            self.claim.release()
+        if self.log_dir is None:
+            return
+        for name in self.NAMES:
+            target = self.log_dir / name
+            if name in self.before:
+                continue
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        if not self.keep_dir:
+            try:
+                self.log_dir.rmdir()  # only when empty: it was made for this run
+            except OSError:
+                pass
 
 
 def make_atexit(ref: weakref.ReferenceType[Any]) -> Any:

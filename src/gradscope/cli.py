@@ -34,46 +34,87 @@ def main() -> None:
     """
 
 
-def _is_tensorboard_log(path: Path) -> bool:
-    """A directory without a gradscope manifest.json that holds TensorBoard event files."""
+MAX_DEPTH = 4  # how deep analyze looks for runs inside a directory (an output_dir, a sweep root)
+
+
+def _find_runs(root: Path) -> tuple[list[Path], list[Path]]:
+    """Gradscope run directories (holding manifest.json) and foreign TensorBoard log directories
+    (holding event files, outside any gradscope run) at or below ``root``, sorted."""
+    from gradscope.run import format as fmt
+
+    runs, logs = [], []
+    stack = [(root, 0)]
+    while stack:
+        path, depth = stack.pop()
+        if (path / fmt.MANIFEST).is_file():
+            runs.append(path)  # a run's own tb/ mirror is part of it, not a foreign log
+            continue
+        try:
+            children = sorted(path.iterdir())
+        except OSError:
+            continue
+        if any(c.name.startswith("events.out.tfevents.") and c.is_file() for c in children):
+            logs.append(path)
+        if depth < MAX_DEPTH:
+            stack.extend((c, depth + 1) for c in children if c.is_dir() and not c.is_symlink())
+    return sorted(runs), sorted(logs)
+
+
+def _expand(path: Path) -> list[tuple[str, Path]]:
+    """What RUN names: itself when it is a run; else every gradscope run inside it (a Trainer's
+    output_dir, a directory of runs); else every TensorBoard log inside it."""
     from gradscope.run import format as fmt
 
     if not path.is_dir() or (path / fmt.MANIFEST).exists():
-        return False
-    return any(p.is_file() for p in path.rglob("events.out.tfevents.*"))
+        return [("run", path)]
+    runs, logs = _find_runs(path)
+    if runs:
+        return [("run", r) for r in runs]
+    if logs:
+        return [("tensorboard", d) for d in logs]
+    return [("run", path)]  # load_run names the problem
 
 
-def _load_one(path: Path):  # noqa: ANN202 (Run, imported lazily)
+def _load_one(kind: str, path: Path):  # noqa: ANN202 (Run, imported lazily)
     """A gradscope run directory, or the scalars of a TensorBoard log written by another tool."""
     from gradscope._optional import MissingDependencyError
     from gradscope.run.reader import load_run
 
-    if _is_tensorboard_log(path):
-        from gradscope.run.tbread import load_tensorboard
+    if kind == "tensorboard":
+        from gradscope.run.tbread import TAG_RULES, load_tensorboard
 
         try:
-            return load_tensorboard(path)
+            run = load_tensorboard(path)
         except MissingDependencyError as exc:
             fail(str(exc))
+        if not run.manifest["config"]["recognised"]:
+            tags = sorted(run.manifest["config"]["tags"].values())
+            fail(f"{path}: nothing checked: none of its TensorBoard tags {tags[:8]} is a training loss or "
+                 f"gradient norm gradscope recognises ({', '.join(n for n, _ in TAG_RULES[:2])}, e.g. train/loss, "
+                 "train_loss, grad_2.0_norm_total); log one of those, or record the run with gradscope.watch()")
+        return run
     return load_run(path)
 
 
 def _load_runs(paths: tuple[Path, ...]) -> list:  # noqa: ANN202 (Run, imported lazily)
-    """Load every run or exit 2 naming the bad one; reader warnings (torn chunks...) go to stderr."""
+    """Load every run or exit 2 naming the bad one; reader warnings (torn chunks...) go to stderr.
+
+    A directory that is not itself a run is searched for the runs inside it, each analysed and named."""
     import warnings
 
     runs = []
-    for path in paths:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                runs.append(_load_one(path))
-        except RunError as exc:
-            fail(str(exc))
-        except OSError as exc:
-            fail(f"{path}: cannot be read ({exc}); check the path and its permissions")
-        for w in caught:
-            _console(stderr=True).print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
+    for given in paths:
+        for kind, path in _expand(given):
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    runs.append(_load_one(kind, path))
+            except RunError as exc:
+                fail(str(exc))
+            except OSError as exc:
+                fail(f"{path}: cannot be read ({exc}); check the path and its permissions")
+            for w in caught:
+                _console(stderr=True).print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
     return runs
 
 
@@ -113,9 +154,12 @@ def analyze(runs: tuple[Path, ...], fmt: str, plots: Path | None, fail_on: str |
             config: Path | None) -> None:
     """Diagnose recorded RUN directories: verdict, findings with fixes, gradient norms by depth.
 
-    A RUN may also be a TensorBoard log directory of another tool (a transformers Trainer's
-    logging_dir: train/grad_norm, train/loss): its scalars get the checks that need no per-layer
-    statistics (gradient and loss spikes, explosion, NaN/Inf).
+    A RUN that is not itself a run directory is searched: every gradscope run inside it is analysed
+    and named (a Trainer's output_dir holds <output_dir>/gradscope; a sweep holds many). Without a
+    gradscope run inside, its TensorBoard logs of another tool (a transformers Trainer's train/loss,
+    train/grad_norm; Lightning's train_loss, grad_2.0_norm_total) get the checks that need no
+    per-layer statistics (gradient and loss spikes, explosion, NaN/Inf); exit 2 when none of their
+    tags is one gradscope recognises (nothing checked).
 
     Exit code: 0 normally, 1 when --fail-on is met, 2 for bad input.
     """

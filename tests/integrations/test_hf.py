@@ -72,17 +72,22 @@ def train(out, **callback_kwargs):
     trainer = Trainer(model=model, args=args, train_dataset=RandomTokens(64, 100, 12),
                       callbacks=[callback, capture, TensorBoardCallback()])
     trainer.train()
+    model.log_history = trainer.state.log_history  # the Trainer's own record of what it logged
     return out, callback, capture, model
 
 
 def test_global_norm_equals_trainer_grad_norm(trained):
-    out, callback, capture, _ = trained
+    out, callback, capture, model = trained
     assert callback.log_dir == out / "gradscope"
     run = gradscope.load_run(callback.log_dir)
     assert run.num_steps == STEPS  # once per optimizer step, not per micro-batch
+    # steps are the Trainer's global_step, as in its log_history (which counts from 1)
+    logged = {h["step"]: h["grad_norm"] for h in model.log_history if "grad_norm" in h}
+    assert run.steps.tolist() == sorted(logged) == list(range(1, STEPS + 1))
     ours = run.scalars["grad_norm"].astype(np.float64)
-    theirs = np.array([capture.grad_norm[s + 1] for s in run.steps.tolist()])  # Trainer counts from 1
+    theirs = np.array([capture.grad_norm[s] for s in run.steps.tolist()])
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    np.testing.assert_allclose(ours, [logged[s] for s in run.steps.tolist()], rtol=1e-5)
     assert theirs.max() > 1.0, "clipping never engaged: the test would not tell pre-clip from post-clip"
     assert capture.optimizer_types[0] == "AcceleratedOptimizer"  # the wrapper; gradscope unwraps it
 
@@ -92,12 +97,13 @@ def test_every_2_records_the_same_steps_as_every_step(trained, tmp_path):
     and it must still land on its own step."""
     out, callback, capture, _ = train(tmp_path / "out", every=2)
     dense, sparse = gradscope.load_run(trained[1].log_dir), gradscope.load_run(callback.log_dir)
-    assert sparse.steps.tolist() == [0, 2, 4]
-    theirs = np.array([capture.grad_norm[s + 1] for s in sparse.steps.tolist()])
+    assert sparse.steps.tolist() == [2, 4, 6]  # every 2nd global step, as logging_steps=2 would log
+    theirs = np.array([capture.grad_norm[s] for s in sparse.steps.tolist()])
     np.testing.assert_allclose(sparse.scalars["grad_norm"], theirs, rtol=1e-5)
+    at = [dense.steps.tolist().index(s) for s in (2, 4, 6)]
     for name in ("loss", "grad_norm"):
-        np.testing.assert_allclose(sparse.scalars[name], dense.scalars[name][[0, 2, 4]], rtol=1e-5, err_msg=name)
-    np.testing.assert_allclose(sparse.metrics["act/std"], dense.metrics["act/std"][[0, 2, 4]], rtol=1e-5)
+        np.testing.assert_allclose(sparse.scalars[name], dense.scalars[name][at], rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(sparse.metrics["act/std"], dense.metrics["act/std"][at], rtol=1e-5)
 
 
 def test_rows_loss_and_clean_detach(trained):
@@ -120,6 +126,7 @@ def test_tbread_reads_the_trainer_tensorboard_log(trained):
     out, _, capture, _ = trained
     tb = load_tensorboard(out / "runs")
     assert tb.rows == [] and "grad_norm" in tb.scalars and "loss" in tb.scalars and "lr" in tb.scalars
+    assert tb.manifest["config"]["recognised"] == {"loss": "train/loss", "grad_norm": "train/grad_norm"}
     assert tb.manifest["config"]["tags"]["grad_norm"] == "train/grad_norm"
     logged = np.isfinite(tb.scalars["grad_norm"])
     steps = tb.steps[logged]
@@ -136,3 +143,41 @@ def test_torch_optimizer_unwraps_and_rejects():
 
     assert torch_optimizer(Wrapper()) is opt and torch_optimizer(opt) is opt
     assert torch_optimizer(object()) is None and torch_optimizer(None) is None
+
+
+def test_headline_statistics_and_findings_reach_report_to(trained):
+    """The callback's gradscope/ entries in the Trainer's logs reach the TensorBoard reporting callback."""
+    pytest.importorskip("tensorboard")
+    from gradscope.run.tbread import load_tensorboard
+
+    out, callback, _, _ = trained
+    tb = load_tensorboard(out / "runs")
+    run = gradscope.load_run(callback.log_dir)
+    ours = tb.scalars["train/gradscope/grad_norm"]
+    at = tb.logged["train/gradscope/grad_norm"]
+    assert at.sum() == STEPS  # logging_steps=1: one point per step, at the Trainer's own step
+    expect = dict(zip(run.steps.tolist(), run.scalars["grad_norm"].tolist(), strict=True))
+    np.testing.assert_allclose(ours[at], [expect[s] for s in tb.steps[at].tolist()], rtol=1e-6)
+    errors = sum(f.severity.value == "error" for f in callback.findings)
+    assert tb.scalars["train/gradscope/error"][tb.logged["train/gradscope/error"]].tolist() == [errors]
+
+
+def test_analyze_output_dir_finds_the_gradscope_run(trained, tmp_path):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from gradscope.cli import main
+
+    out, callback, _, _ = trained
+    res = CliRunner().invoke(main, ["analyze", str(out), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["run"] == str(callback.log_dir)
+    # a directory holding two runs: analysed as two, each named
+    shutil.copytree(callback.log_dir, tmp_path / "sweep" / "a")
+    shutil.copytree(callback.log_dir, tmp_path / "sweep" / "b" / "gradscope")
+    res = CliRunner().invoke(main, ["analyze", str(tmp_path / "sweep"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert [r["run"] for r in json.loads(res.stdout)] == [str(tmp_path / "sweep" / "a"),
+                                                          str(tmp_path / "sweep" / "b" / "gradscope")]

@@ -175,3 +175,49 @@ def test_a_second_fit_goes_to_a_new_run_directory(automatic, tmp_path):
     fit(tmp_path, Net(), [again], max_steps=2)
     assert again.log_dir == callback.log_dir.with_name("gradscope-2")
     assert gradscope.load_run(callback.log_dir).num_steps == STEPS  # the first run is untouched
+
+
+class Diverges(Net):
+    """Logs like a Lightning user does; with ``nan_at`` its loss turns NaN from that step on."""
+
+    def __init__(self, nan_at: int | None) -> None:
+        super().__init__()
+        self.nan_at = nan_at
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        if self.nan_at is not None and self.global_step >= self.nan_at:
+            loss = loss * float("nan")
+        self.log("train_loss", loss)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        from lightning.pytorch.utilities import grad_norm
+
+        self.log_dict(grad_norm(self, 2))
+
+
+@pytest.mark.parametrize("nan_at", [12, None])
+def test_lightning_tensorboard_log_with_nan_loss_fails_the_gate(tmp_path, nan_at):
+    """A foreign log (Lightning's TensorBoardLogger, its own tag names): NaN is a value, not "not logged";
+    the same run without the NaN passes the gate (the negative control)."""
+    pytest.importorskip("tensorboard")
+    import json
+
+    from click.testing import CliRunner
+
+    from gradscope.cli import main
+
+    logger = pl.loggers.TensorBoardLogger(str(tmp_path / "tb"), name="exp")
+    fit(tmp_path, Diverges(nan_at), max_steps=24, logger=logger, log_every_n_steps=1)
+    res = CliRunner().invoke(main, ["analyze", str(tmp_path / "tb"), "--format", "json", "--fail-on", "warning"])
+    out = json.loads(res.stdout)
+    assert out["summary"]["source"] == "tensorboard"
+    kinds = [f["kind"] for f in out["findings"] if f["severity"] != "info"]
+    if nan_at is not None:
+        assert res.exit_code == 1 and "nonfinite" in kinds, res.output
+        (f,) = [f for f in out["findings"] if f["kind"] == "nonfinite"]
+        assert f["origin"]["step"] == nan_at
+    else:
+        assert res.exit_code == 0 and kinds == [], res.output

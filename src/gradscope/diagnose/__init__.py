@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -61,3 +63,14 @@ def diagnose(run: Run, config: Mapping[str, Any] | None = None) -> list[Finding]
         for det in DETECTORS:
             found.extend(det.detect(run, cfg[det.NAME]))
         return link(found)
+
+
+class _CallableModule(types.ModuleType):
+    """``gradscope.diagnose`` is both this package and the function: ``gradscope.diagnose(run)``
+    works whichever Python resolved (importing a submodule binds the package on ``gradscope``)."""
+
+    def __call__(self, run: Run, config: Mapping[str, Any] | None = None) -> list[Finding]:
+        return diagnose(run, config)
+
+
+sys.modules[__name__].__class__ = _CallableModule

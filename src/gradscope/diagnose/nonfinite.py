@@ -72,6 +72,9 @@ def logged_nonfinite(run: Run, name: str) -> np.ndarray:
     a = run.scalars.get(name)
     if a is None:
         return np.zeros(run.num_steps, bool)
+    mask = getattr(run, "logged", {}).get(name)
+    if mask is not None:  # the reader knows where the tag was logged: a logged NaN/Inf is a value
+        return mask & ~np.isfinite(a)
     fin = np.isfinite(a)
     any_other = np.zeros(run.num_steps, bool)
     companion = np.zeros(run.num_steps, bool)

@@ -1,25 +1,9 @@
-"""What the framework callbacks share: where a run goes, and the findings summary they log."""
+"""What the framework callbacks share: the findings summary they log at the end of a run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from gradscope.run import format as fmt
-
-
-def free_run_dir(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``, ... when a run is already there (a second fit/train)."""
-    candidate, k = path, 1
-    while (candidate / fmt.MANIFEST).exists():
-        k += 1
-        candidate = path.with_name(f"{path.name}-{k}")
-    return candidate
-
-
-def callback_log_dir(base: Path, overwrite: bool) -> Path:
-    """The run directory a callback watches into: ``base`` itself with ``overwrite``, else a free one."""
-    return base if overwrite else free_run_dir(base)
 
 
 def findings_summary(log_dir: Path) -> tuple[dict[str, float], list[Any]]:

@@ -9,13 +9,19 @@ ends, so under gradient accumulation it records the accumulated gradients once p
 before the Trainer clips them to ``max_grad_norm``: ``run.scalars["grad_norm"]`` is the same number
 as the Trainer's logged ``grad_norm``. Under fp16 the callback hands accelerate's GradScaler to the
 Scope, so the statistics are unscaled. The loss (mean of the micro-batches' ``outputs.loss``) is
-logged on the device, without a host sync. Every rank watches, as the Scope's distributed
-reductions need; only world rank 0 writes the run.
+logged on the device, without a host sync. Steps are numbered like the Trainer's ``global_step``
+(the first optimizer step is 1, as in ``trainer.state.log_history``), so curves overlay in TensorBoard.
+At each of the Trainer's logging steps the headline statistics join its logs as ``gradscope/<name>``,
+and the final log gets the findings (``gradscope/error``, ``/warning``, ``/info`` counts and
+``gradscope/findings/<kind>`` = 0 info, 1 warning, 2 error), so they reach whatever ``report_to``
+is; the callback places itself before the reporting callbacks for that. Every rank watches, as the
+Scope's distributed reductions need; only world rank 0 writes the run.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +32,21 @@ from gradscope._optional import require
 require("transformers", "gradscope.integrations.hf")
 
 from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_callback import CallbackHandler  # noqa: E402
 
+from gradscope.integrations._common import findings_summary  # noqa: E402
 from gradscope.scope.core import Scope, watch  # noqa: E402
+from gradscope.scope.setup import unwrap_optimizer  # noqa: E402
+
+HEADLINE = ("grad_norm", "loss", "layer_grad_norm_min", "layer_grad_norm_max", "nonfinite", "amp_scale")
 
 
 def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
     """The torch optimizer a Trainer steps (accelerate wraps it; the wrapper's step calls the inner one)."""
-    seen = 0
-    while optimizer is not None and seen < 8:
-        inner = getattr(optimizer, "optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer):
-            break
-        optimizer, seen = inner, seen + 1
-    return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+    try:
+        return unwrap_optimizer(optimizer)[0]
+    except TypeError:
+        return None
 
 
 class GradScopeCallback(TrainerCallback):
@@ -51,25 +59,45 @@ class GradScopeCallback(TrainerCallback):
     def __init__(self, log_dir: str | os.PathLike[str] | None = None, *, log_loss: bool = True,
                  overwrite: bool = False, tensorboard: bool | None = None, **watch_kwargs: Any) -> None:
         self.log_dir = Path(log_dir) if log_dir is not None else None
+        self._given_dir = self.log_dir
         self.log_loss, self.overwrite, self.tensorboard = log_loss, overwrite, tensorboard
         self.watch_kwargs = watch_kwargs
         self.scope: Scope | None = None
         self._hook: Any = None
         self._loss_sum: torch.Tensor | None = None
         self._loss_n = 0
+        self._logged_step = -1.0
+        self.findings: list[Any] = []
+
+    def _go_first(self) -> None:
+        """Move this callback before the reporting callbacks (TensorBoard, wandb, ...), which the
+        Trainer puts first, so the ``gradscope/`` entries it adds to ``logs`` reach them. Called from
+        CallbackHandler.call_event's loop: moving an already-visited item to the front keeps the
+        loop's next item."""
+        handler = sys._getframe(2).f_locals.get("self")
+        if isinstance(handler, CallbackHandler) and self in handler.callbacks:
+            handler.callbacks.remove(self)
+            handler.callbacks.insert(0, self)
+
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._go_first()
 
     # -- Trainer events ---------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
         if model is None:
             return  # every rank watches (FSDP norms and the flush reductions are collectives); rank 0 writes
+        self._go_first()
         self._close()
         opt = torch_optimizer(optimizer)
         if opt is None:
             raise TypeError(f"GradScopeCallback needs the Trainer's torch optimizer, got {type(optimizer)}; "
                             "pass optimizers=(...) a torch.optim.Optimizer")
-        base = self.log_dir or Path(args.output_dir) / "gradscope"
+        base = self._given_dir or Path(args.output_dir) / "gradscope"
         kwargs = dict(self.watch_kwargs)
+        kwargs.setdefault("start_step", int(state.global_step) + 1)  # the Trainer counts steps from 1
+        if isinstance(args.logging_steps, int) and args.logging_steps >= 1:
+            kwargs.setdefault("flush_every", args.logging_steps)
         scaler = getattr(optimizer, "scaler", None)  # accelerate's GradScaler under fp16
         if isinstance(scaler, torch.amp.GradScaler):
             kwargs.setdefault("scaler", scaler)
@@ -87,6 +115,30 @@ class GradScopeCallback(TrainerCallback):
         if self.scope is not None and self._loss_sum is not None:
             self.scope.log(loss=self._loss_sum / self._loss_n)  # a device tensor: no sync
         self._loss_sum, self._loss_n = None, 0
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kwargs: Any) -> None:
+        """Add gradscope's headline statistics (training logs) or findings (the final summary) to ``logs``."""
+        if self.scope is None or logs is None:
+            return
+        if "train_runtime" in logs:  # the Trainer's end-of-training summary: training is over
+            self._close()
+            if state.is_world_process_zero and self.log_dir is not None:
+                counts, self.findings = findings_summary(self.log_dir)
+                logs.update(counts)
+                for f in self.findings:
+                    key = f"gradscope/findings/{f.kind}"
+                    logs[key] = max(float(f.severity.rank), logs.get(key, 0.0))
+            return
+        if "loss" not in logs and "grad_norm" not in logs:
+            return  # an evaluation log
+        # The Trainer has just synced for its own logs (loss.item()); this flush is the same kind of
+        # deliberate sync, once per logging step, so the statistics are those of this very step.
+        self.scope.flush(wait=True)
+        latest = self.scope.latest()
+        if state.is_world_process_zero and latest.get("step", -1.0) > self._logged_step:
+            self._logged_step = latest["step"]
+            logs.update({f"gradscope/{k}": v for k, v in latest.items() if k in HEADLINE})
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._close()

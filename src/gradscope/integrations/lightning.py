@@ -29,7 +29,7 @@ require("lightning", "gradscope.integrations.lightning")
 
 from lightning.pytorch import Callback  # noqa: E402
 
-from gradscope.integrations._common import callback_log_dir, findings_summary, findings_text  # noqa: E402
+from gradscope.integrations._common import findings_summary, findings_text  # noqa: E402
 from gradscope.scope.core import Scope, watch  # noqa: E402
 from gradscope.scope.setup import unwrap_optimizer  # noqa: E402
 
@@ -68,15 +68,15 @@ class GradScopeCallback(Callback):
             raise TypeError("GradScopeCallback needs the Trainer's optimizers: configure_optimizers() returned none")
         self._primary = opts[0]
         base = self._given_dir or Path(trainer.log_dir or trainer.default_root_dir) / "gradscope"
-        self.log_dir = callback_log_dir(base, self.overwrite) if trainer.is_global_zero else base
         kwargs = dict(self.watch_kwargs)
         scaler = getattr(trainer.precision_plugin, "scaler", None)  # MixedPrecision under 16-mixed
         if isinstance(scaler, torch.amp.GradScaler):
             kwargs.setdefault("scaler", scaler)
         kwargs.setdefault("flush_every", max(1, int(trainer.log_every_n_steps or 50)))
         kwargs.setdefault("start_step", int(trainer.global_step))
-        self.scope = watch(pl_module, opts, log_dir=self.log_dir, overwrite=self.overwrite,
+        self.scope = watch(pl_module, opts, log_dir=base, overwrite=self.overwrite,
                            tensorboard=self.tensorboard, **kwargs)
+        self.log_dir = self.scope.log_dir  # base, or base-2, -3 ... (watch()'s one convention)
         self.scope.event("lightning", accumulate_grad_batches=trainer.accumulate_grad_batches,
                          gradient_clip_val=trainer.gradient_clip_val, precision=str(trainer.precision),
                          automatic_optimization=bool(pl_module.automatic_optimization),

@@ -37,6 +37,16 @@ class Run:
     scalars: dict[str, np.ndarray]
     events: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Steps at which each scalar was logged, for runs read from a foreign TensorBoard log (where a NaN
+    # may be a logged value); empty for gradscope runs, whose NaN means "not recorded".
+    logged: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        source = self.manifest.get("config", {}).get("source", "gradscope")
+        kinds = ", ".join(f"{k}={len(self.rows_of(k))}" for k in ("param", "act", "flow") if self.rows_of(k))
+        span = f"steps {int(self.steps[0])}-{int(self.steps[-1])}" if self.num_steps else "no steps"
+        return (f"Run({str(self.path)!r}, {self.num_steps} steps ({span}), rows: {kinds or 'none'}, "
+                f"scalars: {_names(sorted(self.scalars))}, source={source})")
 
     def rows_of(self, kind: str) -> list[fmt.Row]:
         """Rows of one kind in column order of that kind's metric arrays."""
@@ -57,6 +67,12 @@ class Run:
     @property
     def num_steps(self) -> int:
         return int(self.steps.shape[0])
+
+
+def _names(names: list[str], most: int = 6) -> str:
+    if not names:
+        return "none"
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def _warn(msgs: list[str], msg: str) -> None:

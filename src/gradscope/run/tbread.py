@@ -2,14 +2,18 @@
 hand-written SummaryWriter) into a :class:`~gradscope.run.reader.Run` holding its scalar series.
 
 The run has no param/act/flow rows; its ``scalars`` are the log's scalar tags on the union of their
-steps (NaN where a tag has no value at a step). Names are shortened so the detectors find them:
-``train/grad_norm`` -> ``grad_norm``, ``train/loss`` -> ``loss``, ``train/learning_rate`` -> ``lr``,
-and gradscope's own ``global/<name>`` -> ``<name>``. gradscope's per-layer tags are skipped.
+steps, and ``run.logged[name]`` says at which steps each was logged: a NaN or Inf the log holds is a
+value (a diverged loss), a step a tag did not log is not. Tags the detectors check are renamed to
+their gradscope names (TAG_RULES, documented in README): HF's ``train/loss``, ``train/grad_norm``,
+``train/learning_rate``; Lightning's ``train_loss`` (``_step``), ``grad_2.0_norm_total``, ``lr-Adam``;
+hand-written ``loss``, ``Loss/train``, ``grad_norm``, ``lr``; gradscope's own ``global/<name>``.
+Other tags keep their names; gradscope's per-layer tags are skipped.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +22,17 @@ import numpy as np
 from gradscope.run import format as fmt
 from gradscope.run.reader import Run, RunError
 
-STRIP_PREFIXES = ("train/", "global/")
-ALIASES = {"learning_rate": "lr"}
+_TRAIN = r"(?:train(?:ing)?[/_.\-])?"  # an optional train/ train_ training. ... prefix
+_TRAIN_END = r"(?:[/_.\-](?:train(?:ing)?|step))?"  # or a /train, _step (Lightning on_step) suffix
+# (gradscope name, pattern matched against the whole tag, case-insensitive), first match wins.
+TAG_RULES: tuple[tuple[str, str], ...] = (
+    ("loss", _TRAIN + r"loss" + _TRAIN_END),
+    ("grad_norm", _TRAIN + r"(?:grad(?:ient)?[_/.\-]?norm(?:[_/]total)?|grad_2\.0_norm[_/]total|total[_/]grad_norm)"
+     + _TRAIN_END),
+    ("lr", _TRAIN + r"(?:lr|learning[_\-]rate)(?:-[a-z]\w*)?" + _TRAIN_END),  # lr-Adam: LearningRateMonitor
+)
+CHECKED = ("loss", "grad_norm", "amp_skipped")  # names a detector reads; lr alone checks nothing
+_COMPILED = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in TAG_RULES]
 
 
 def _event_dirs(root: Path) -> list[Path]:
@@ -45,19 +58,19 @@ def _pick_dir(path: Path, run: str | None) -> Path:
                        "pass the logging_dir of the training run")
     if len(dirs) > 1:
         names = [str(d.relative_to(path)) or "." for d in dirs]
-        raise RunError(f"{path} holds {len(dirs)} TensorBoard runs {names}: pick one with run=NAME "
-                       "or pass its directory")
+        raise RunError(f"{path} holds {len(dirs)} TensorBoard runs {names}: pass one of their directories, "
+                       "or load_tensorboard(path, run=NAME) (gradscope analyze PATH analyses each)")
     return dirs[0]
 
 
-def _short_name(tag: str, taken: set[str]) -> str:
-    name = tag
-    for prefix in STRIP_PREFIXES:
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    name = ALIASES.get(name, name)
-    return tag if name in taken else name
+def gradscope_name(tag: str) -> str | None:
+    """The gradscope scalar a foreign tag is (``train_loss`` -> ``loss``), or None when none."""
+    if tag.startswith("global/"):  # gradscope's own TensorBoard mirror
+        return tag[len("global/"):]
+    for name, pattern in _COMPILED:
+        if pattern.fullmatch(tag):
+            return name
+    return None
 
 
 def _series(acc: Any) -> dict[str, dict[int, float]]:
@@ -106,19 +119,31 @@ def load_tensorboard(path: str | os.PathLike[str], run: str | None = None) -> Ru
     steps = np.array(sorted({s for values in series.values() for s in values}), dtype=np.int64)
     index = {int(s): i for i, s in enumerate(steps)}
     scalars: dict[str, np.ndarray] = {}
+    logged: dict[str, np.ndarray] = {}
     tags: dict[str, str] = {}
-    for tag in sorted(series, key=lambda t: (not t.startswith(STRIP_PREFIXES), t)):
+    named = {t: gradscope_name(t) for t in series}
+    # recognised tags first (in rule order), so each gradscope name goes to its best tag
+    order = sorted(series, key=lambda t: (named[t] is None, _rank(t), t))
+    for tag in order:
         arr = np.full(steps.shape[0], np.nan, dtype=np.float32)
+        mask = np.zeros(steps.shape[0], dtype=bool)
         for step, value in series[tag].items():
             arr[index[step]] = value
-        name = _short_name(tag, set(scalars))
-        scalars[name], tags[name] = arr, tag
+            mask[index[step]] = True
+        name = named[tag] if named[tag] is not None and named[tag] not in scalars else tag
+        scalars[name], logged[name], tags[name] = arr, mask, tag
+    recognised = {n: tags[n] for n in scalars if n in CHECKED or n.startswith("amp_")}
     manifest = {
         "schema": fmt.SCHEMA_VERSION, "format": "tensorboard", "rows": [],
         "metrics": {k: list(v) for k, v in fmt.METRICS.items()},
-        "config": {"source": "tensorboard", "log_dir": str(directory), "tags": tags},
+        "config": {"source": "tensorboard", "log_dir": str(directory), "tags": tags, "recognised": recognised},
         "environment": {},
     }
     metrics = {fmt.metric_key(k, m): np.zeros((steps.shape[0], 0), np.float32)
                for k, names in fmt.METRICS.items() for m in names}
-    return Run(directory, manifest, [], steps, metrics, scalars, [], [])
+    return Run(directory, manifest, [], steps, metrics, scalars, [], [], logged=logged)
+
+
+def _rank(tag: str) -> int:
+    """Among tags of one gradscope name: the plain or train-prefixed one before suffixed variants."""
+    return 0 if tag.startswith(("global/", "train/")) else 1 if not tag.lower().endswith("_step") else 2

@@ -218,8 +218,9 @@ def amp_finding(run: Run, skipped: np.ndarray, cfg: dict[str, float]) -> list[Fi
 
 def _remedy(o: dict[str, Any]) -> str:
     step = o["step"]
-    amp = ("Under fp16 AMP, use torch.amp.GradScaler (it skips Inf steps and lowers the loss scale), "
-           "or train in bf16.")
+    amp = ("Under fp16 AMP, use torch.amp.GradScaler (it skips Inf steps and lowers the loss scale) and "
+           "pass it to gradscope.watch(model, optimizer, scaler=scaler), so a skipped step is recorded as an "
+           "AMP skip rather than as this failure; or train in bf16.")
     if o["phase"] == "forward":
         return (f"Look at the forward of {o['layer']} ({o['module_type']}): an op there turns finite "
                 "inputs into NaN/Inf: log or sqrt of a value <= 0, division by ~0, exp overflow, "

@@ -3,6 +3,10 @@
 The Scope divides gradient statistics by the scale in force at backward time (so they are
 unscaled), and wraps ``scaler.update`` on the instance: update runs once per iteration, after
 ``scaler.step`` has decided whether to skip, so the Scope can close a skipped step itself.
+
+A GradScaler the user forgot to pass (``watch(model, opt)`` in an AMP loop) is found where it steps
+the watched optimizer: while such a Scope is open, ``GradScaler.step`` is wrapped (on the class,
+restored when the last one closes) to tell it which scaler steps which optimizer.
 """
 
 from __future__ import annotations
@@ -48,3 +52,35 @@ class ScalerPatch:
 
     def remove(self) -> None:
         self.scaler.__dict__.pop("update", None)
+
+
+_step_watchers: list[Callable[[Any, Any], None]] = []
+_original_step: Callable[..., Any] | None = None
+
+
+def _watched_step(self: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+    original = _original_step  # a watcher may remove itself (and with the last, the patch) below
+    assert original is not None
+    for on_step in list(_step_watchers):
+        on_step(self, optimizer)
+    return original(self, optimizer, *args, **kwargs)
+
+
+class ScalerStepWatch:
+    """Calls ``on_step(scaler, optimizer)`` at every ``GradScaler.step`` until ``remove()``."""
+
+    def __init__(self, on_step: Callable[[Any, Any], None]) -> None:
+        global _original_step
+        self.on_step = on_step
+        if not _step_watchers:
+            _original_step = torch.amp.GradScaler.step
+            torch.amp.GradScaler.step = _watched_step  # type: ignore[method-assign]
+        _step_watchers.append(on_step)
+
+    def remove(self) -> None:
+        global _original_step
+        if self.on_step in _step_watchers:
+            _step_watchers.remove(self.on_step)
+            if not _step_watchers and _original_step is not None:
+                torch.amp.GradScaler.step = _original_step  # type: ignore[method-assign]
+                _original_step = None

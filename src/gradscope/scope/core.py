@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import time
+import warnings
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,12 +22,19 @@ from torch import Tensor, nn
 
 from gradscope.run import format as fmt
 from gradscope.run.writer import NullWriter, RunWriter
-from gradscope.scope import distributed, hooks
+from gradscope.scope import amp, distributed, hooks
 from gradscope.scope.buffers import StepBuffers
 from gradscope.scope.modules import ModuleRecorder
 from gradscope.scope.params import ParamRecorder
 from gradscope.scope.rows import plan
-from gradscope.scope.setup import FailedStart, check_args, make_atexit, make_sinks, open_log_dir
+from gradscope.scope.setup import (
+    FailedStart,
+    check_args,
+    make_atexit,
+    make_sinks,
+    open_log_dir,
+    unwrap_optimizer,
+)
 from gradscope.scope.step import StepState
 
 
@@ -225,6 +233,29 @@ class Scope:
             assert self._model is not None
             self._handles.append(self._model.register_forward_pre_hook(hooks.root_pre_hook(self._on_root_forward)))
         self._param_side.attach_optimizers(self._handles)
+        if self._param_side.scaler is None and self._optimizers:
+            self._scaler_watch = amp.ScalerStepWatch(self._on_scaler_step)
+            self._handles.append(self._scaler_watch)
+
+    def _on_scaler_step(self, scaler: torch.amp.GradScaler, optimizer: Any) -> None:
+        """Some GradScaler steps an optimizer; if it is ours, watch() was not given the scaler."""
+        if self._state.closed or self._param_side.scaler is not None or not scaler.is_enabled():
+            return
+        try:
+            inner = unwrap_optimizer(optimizer)[0]
+        except TypeError:
+            return
+        if not any(inner is o for o in self._optimizers):
+            return
+        self._scaler_watch.remove()
+        self._param_side.adopt_scaler(scaler, self._handles)
+        self._config["amp"] = True
+        self._state.rows_dirty = True  # the manifest is written again with amp: true
+        self.event("amp_scaler_found")
+        warnings.warn("gradscope: a torch.amp.GradScaler steps the watched optimizer but watch() was not "
+                      "given it; gradscope now divides its statistics by the loss scale and records skipped "
+                      "steps. Pass it to say so: gradscope.watch(model, optimizer, scaler=scaler)",
+                      UserWarning, stacklevel=3)
 
     def _attach_step_hooks(self) -> None:
         """Forward hooks on the watched modules and gradient hooks on the trainable parameters."""

@@ -185,6 +185,18 @@ class ParamRecorder:
                 self.record()
             self.mark_stepped()
 
+    def adopt_scaler(self, scaler: torch.amp.GradScaler, handles: list[Any]) -> None:
+        """A GradScaler nobody passed steps our optimizer: use it from now on. The gradients measured at
+        this backward's end were scaled by its current scale (it changes only in ``update()``), so
+        the pending statistics are divided by it now; a clip's statistics came after unscale_."""
+        self.scaler = scaler
+        inv = amp.inv_scale(scaler)
+        if inv is not None and self.pending is not None and not self.clip_fed:
+            idx, norm, maxabs, nonfinite = self.pending
+            inv = inv.to(self.device)
+            self.pending = (idx, norm * inv, maxabs * inv, nonfinite)
+        handles.append(amp.ScalerPatch(scaler, self.on_scaler_update))
+
     # -- optimizer ------------------------------------------------------------------------------
     def on_optimizer_pre_step(self, opt: torch.optim.Optimizer) -> None:
         if self.state.closed or not self.state.update_sampled():

@@ -57,7 +57,6 @@ def trained(tmp_path_factory):
 
 def train(out, **callback_kwargs):
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
-    from transformers.integrations import TensorBoardCallback
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -65,14 +64,16 @@ def train(out, **callback_kwargs):
     model = BertForSequenceClassification(config)
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=BATCH, gradient_accumulation_steps=ACCUM,
-        max_grad_norm=1.0, learning_rate=5e-3, max_steps=STEPS, logging_steps=1, report_to="none",
+        max_grad_norm=1.0, learning_rate=5e-3, max_steps=STEPS, logging_steps=1,
+        report_to="tensorboard",  # the reporting callback the Trainer puts before user callbacks
         save_strategy="no", use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
     )
     capture, callback = LogCapture(), GradScopeCallback(tensorboard=False, **callback_kwargs)
     trainer = Trainer(model=model, args=args, train_dataset=RandomTokens(64, 100, 12),
-                      callbacks=[callback, capture, TensorBoardCallback()])
+                      callbacks=[callback, capture])
     trainer.train()
     model.log_history = trainer.state.log_history  # the Trainer's own record of what it logged
+    model.callback_order = [type(c).__name__ for c in trainer.callback_handler.callbacks]
     return out, callback, capture, model
 
 
@@ -150,7 +151,9 @@ def test_headline_statistics_and_findings_reach_report_to(trained):
     pytest.importorskip("tensorboard")
     from gradscope.run.tbread import load_tensorboard
 
-    out, callback, _, _ = trained
+    out, callback, _, model = trained
+    order = model.callback_order  # the Trainer put TensorBoardCallback first; the callback moved ahead
+    assert order.index("GradScopeCallback") < order.index("TensorBoardCallback"), order
     tb = load_tensorboard(out / "runs")
     run = gradscope.load_run(callback.log_dir)
     ours = tb.scalars["train/gradscope/grad_norm"]

@@ -96,7 +96,8 @@ def fit(tmp_path, module, callbacks=(), **trainer_kwargs):
 def automatic(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pl")
     module, callback = Net(), GradScopeCallback(tensorboard=False)
-    trainer = fit(tmp, module, [callback])
+    loggers = [pl.loggers.CSVLogger(str(tmp / "logs"), name="exp"), pl.loggers.TensorBoardLogger(str(tmp / "tb"))]
+    trainer = fit(tmp, module, [callback], logger=loggers)
     return tmp, module, callback, trainer
 
 
@@ -126,6 +127,16 @@ def test_headline_statistics_and_findings_reach_the_trainer_loggers(automatic):
     counts = [r for r in rows if r.get("gradscope/error")]
     errors = sum(f.severity.value == "error" for f in callback.findings)
     assert counts and float(counts[-1]["gradscope/error"]) == errors
+    # a TensorBoard logger also gets the findings as text
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {p.parent for p in (tmp / "tb").rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events), size_guidance={"tensors": 0})
+    acc.Reload()
+    (text,) = [t for t in acc.Tags()["tensors"] if t.startswith("gradscope/findings")]
+    body = acc.Tensors(text)[-1].tensor_proto.string_val[0].decode()
+    assert f"gradscope analyze {callback.log_dir}" in body
+    assert "gradscope/grad_norm" in acc.Tags()["scalars"]
 
 
 def test_manual_optimisation_with_hand_accumulation(tmp_path):

@@ -232,3 +232,36 @@ def test_lightning_tensorboard_log_with_nan_loss_fails_the_gate(tmp_path, nan_at
         assert f["origin"]["step"] == nan_at
     else:
         assert res.exit_code == 0 and kinds == [], res.output
+
+
+def test_works_with_the_older_pytorch_lightning_package(tmp_path):
+    """Only `pytorch_lightning` importable (no unified `lightning`): the callback is its Callback."""
+    pytest.importorskip("pytorch_lightning")
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, warnings
+warnings.simplefilter("ignore")
+sys.modules["lightning"] = None  # as if only pytorch_lightning were installed
+import torch, pytorch_lightning as pl
+from gradscope.integrations.lightning import GradScopeCallback
+import gradscope
+assert issubclass(GradScopeCallback, pl.Callback)
+class M(pl.LightningModule):
+    def __init__(self):
+        super().__init__(); self.net = torch.nn.Linear(4, 1)
+    def training_step(self, batch, i):
+        return self.net(batch[0]).pow(2).mean()
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 4)), batch_size=4)
+cb = GradScopeCallback(tensorboard=False)
+pl.Trainer(max_steps=3, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+           enable_checkpointing=False, logger=False, default_root_dir={str(tmp_path)!r},
+           callbacks=[cb]).fit(M(), data)
+print(gradscope.load_run(cb.log_dir).num_steps, "lightning" in sys.modules and sys.modules["lightning"] is None)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["3", "True"]

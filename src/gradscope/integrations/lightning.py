@@ -1,6 +1,6 @@
 """GradScopeCallback: gradscope for a Lightning ``Trainer``.
 
-    trainer = lightning.pytorch.Trainer(callbacks=[GradScopeCallback()])
+    trainer = lightning.pytorch.Trainer(callbacks=[GradScopeCallback()])   # or pytorch_lightning.Trainer
     trainer.fit(model)        # the run lands in <trainer.log_dir>/gradscope; then: gradscope analyze it
 
 At ``on_fit_start`` the callback watches the LightningModule and the torch optimizers the Trainer
@@ -25,13 +25,18 @@ import torch
 
 from gradscope._optional import require
 
-require("lightning", "gradscope.integrations.lightning")
+try:  # the unified package, or the older `pytorch_lightning` one (the same Trainer)
+    from lightning.pytorch import Callback
+except ImportError:
+    try:
+        from pytorch_lightning import Callback
+    except ImportError:
+        require("lightning", "gradscope.integrations.lightning")  # raises, saying what to install
+        raise
 
-from lightning.pytorch import Callback  # noqa: E402
-
-from gradscope.integrations._common import findings_summary, findings_text  # noqa: E402
-from gradscope.scope.core import Scope, watch  # noqa: E402
-from gradscope.scope.setup import unwrap_optimizer  # noqa: E402
+from gradscope.integrations._common import findings_summary, findings_text
+from gradscope.scope.core import Scope, watch
+from gradscope.scope.setup import unwrap_optimizer
 
 HEADLINE = ("grad_norm", "loss", "layer_grad_norm_min", "layer_grad_norm_max", "nonfinite", "amp_scale",
             "clip_coef")

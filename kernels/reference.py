@@ -10,7 +10,8 @@ The algorithm (the kernels in ``clip_norm.py`` run the same steps on the GPU):
    general p-norm. No atomics: every chunk writes its own slot, so the result is deterministic.
 3. **Finalize**: per tensor ``‖g_t‖_p`` from its chunks, the global norm ``‖(‖g_t‖_p)_t‖_p``, the
    clip coefficient ``min(max_norm / (norm + 1e-6), 1)`` (torch's rule; NaN stays NaN), a non-finite
-   flag and ``grad_scale = 1 / coef`` for a fused optimizer step. fp32 throughout, also for bf16 grads.
+   flag and ``grad_scale = 1 / coef`` for a fused optimizer step. fp32 (also for bf16 grads), fp64 when
+   a gradient is fp64. p = 0 is torch's nonzero count, p < 0 its ``(Σ|x|^p)^(1/p)``.
 4. **Scale**: ``g *= coef``, skipped when ``coef >= 1``.
 
 This mirror is the readable reference for the kernels (tests compare the two); it is not gradscope's
@@ -121,7 +122,7 @@ def layout_for(tensors: Sequence[Tensor], chunk: int) -> Layout:
 
 def _chunk_partials(v: Tensor, p: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(Σx², max|x|, non-finite count, Σ|x|^p) of one chunk, fp32 0-d tensors."""
-    vf = v if v.dtype == torch.float32 else v.float()
+    vf = v if v.dtype in (torch.float32, torch.float64) else v.float()
     sq = torch.dot(vf, vf)
     lo, hi = torch.aminmax(vf)
     mx = torch.maximum(-lo, hi)
@@ -130,8 +131,18 @@ def _chunk_partials(v: Tensor, p: float) -> tuple[Tensor, Tensor, Tensor, Tensor
         nf = vf.new_zeros(()) if math.isfinite(sq) else (~torch.isfinite(vf)).sum().float()
     else:
         nf = (~torch.isfinite(vf)).sum().float()
-    pw = sq if p == 2.0 else (vf.abs().pow(p).sum() if math.isfinite(p) else mx)
-    return sq, mx, nf, pw
+    return sq, mx, nf, _power_sum(vf, p, sq, mx)
+
+
+def _power_sum(vf: Tensor, p: float, sq: Tensor, mx: Tensor) -> Tensor:
+    """``Σ|x|^p`` (``Σx²`` for p = 2, max for p = inf) or, for p = 0, the nonzero count (NaN counts)."""
+    if p == 2.0:
+        return sq
+    if math.isinf(p):
+        return mx
+    if p == 0.0:
+        return (vf != 0).sum().to(sq.dtype)
+    return vf.abs().pow(p).sum()
 
 
 def _small_partials(views: list[Tensor], p: float) -> list[tuple[Tensor, ...]]:
@@ -139,16 +150,19 @@ def _small_partials(views: list[Tensor], p: float) -> list[tuple[Tensor, ...]]:
 
     (The CPU ``_foreach_norm(inf)`` is ~10x slower than ``aminmax``, hence not used for max |x|.)
     """
-    kw = {} if views[0].dtype == torch.float32 else {"dtype": torch.float32}
+    wide = views[0].dtype in (torch.float32, torch.float64)
+    kw = {} if wide else {"dtype": torch.float32}
     sq = torch.stack(torch._foreach_norm(views, 2.0, **kw)).square()
     lo, hi = zip(*[torch.aminmax(v) for v in views], strict=True)
-    mx = torch.maximum(-torch.stack(lo), torch.stack(hi)).float()
+    mx = torch.maximum(-torch.stack(lo), torch.stack(hi)).to(sq.dtype)
     if math.isinf(p):
         pw = mx
     elif p == 2.0:
         pw = sq
+    elif p == 0.0:
+        pw = torch.stack([(v != 0).sum() for v in views]).to(sq.dtype)
     else:
-        pw = torch.stack(torch._foreach_norm(views, p, **kw)).pow(p)
+        pw = torch.stack([v.to(sq.dtype).abs().pow(p).sum() for v in views])
     if sq.device.type == "cpu" and bool(torch.isfinite(sq).all()):  # CPU: no sync; all finite
         nf = torch.zeros_like(sq)
     else:
@@ -163,7 +177,7 @@ def partials(tensors: Sequence[Tensor], layout: Layout, p: float = 2.0) -> tuple
     larger tensors chunk by chunk, each chunk read from memory once and then from cache.
     """
     if not layout.n_chunks:
-        empty = torch.zeros(0, dtype=torch.float32, device=layout.device)
+        empty = torch.zeros(0, dtype=acc_dtype(tensors), device=layout.device)
         return empty, empty, empty, empty
     rows: list = [None] * layout.n_chunks
     for group in layout.groups:
@@ -180,14 +194,22 @@ def partials(tensors: Sequence[Tensor], layout: Layout, p: float = 2.0) -> tuple
         if small:
             for at, row in zip(small_at, _small_partials(small, p), strict=True):
                 rows[at] = row
-    return tuple(torch.stack(col) for col in zip(*rows, strict=True))
+    acc = acc_dtype(tensors)
+    return tuple(torch.stack([x.to(acc) for x in col]) for col in zip(*rows, strict=True))
+
+
+def acc_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
+    """fp64 when any tensor is fp64 (torch computes its norm in fp64), else fp32."""
+    return torch.float64 if any(t.dtype is torch.float64 for t in tensors) else torch.float32
 
 
 @dataclass
 class Finalized:
-    """Finalize output, all fp32 device tensors: per-tensor [T] vectors and 0-d scalars.
+    """Finalize output, device tensors (fp32; fp64 when a gradient is fp64): per-tensor [T] vectors and
+    0-d scalars.
 
     ``maxabs`` is None where a path was asked not to measure it (``gradscope.clip.cpu``, stats="norm").
+    ``plan`` is the fused kernel's cached plan, when the kernel measured (reused by its scale pass).
     """
 
     norm: Tensor
@@ -197,6 +219,7 @@ class Finalized:
     coef: Tensor
     found_inf: Tensor
     grad_scale: Tensor
+    plan: object | None = None
 
 
 def clip_coef(total: Tensor, max_norm: float | Tensor) -> Tensor:
@@ -212,7 +235,7 @@ def clip_coef(total: Tensor, max_norm: float | Tensor) -> Tensor:
 def finalize(parts: Sequence[Tensor], layout: Layout, p: float, max_norm: float) -> Finalized:
     """Reduce chunk partials to per-tensor and global norms, coefficient and non-finite flag."""
     sq, mx, nf, pw = parts
-    t, dev, f32 = layout.n_tensors, layout.device, torch.float32
+    t, dev, f32 = layout.n_tensors, layout.device, sq.dtype
     per_sq = torch.zeros(t, dtype=f32, device=dev).index_add_(0, layout.owner, sq)
     per_mx = torch.zeros(t, dtype=f32, device=dev).scatter_reduce_(0, layout.owner, mx, "amax")
     per_nf = torch.zeros(t, dtype=f32, device=dev).index_add_(0, layout.owner, nf)
@@ -223,6 +246,8 @@ def finalize(parts: Sequence[Tensor], layout: Layout, p: float, max_norm: float)
     elif math.isinf(p):
         norm = per_mx
         total = per_mx.amax() if t else torch.zeros((), dtype=f32, device=dev)
+    elif p == 0.0:  # torch: per tensor the nonzero count; globally the number of tensors with one
+        norm, total = per_pw, (per_pw != 0).sum().to(f32)
     else:
         norm, total = per_pw.pow(1.0 / p), per_pw.sum().pow(1.0 / p)
     coef = clip_coef(total, max_norm)

@@ -20,8 +20,8 @@ def set_grads(params, seed: int, scale: float = 1.0) -> None:
 
 def close(actual, expected, rtol: float = 1e-5, atol: float = 1e-7) -> None:
     torch.testing.assert_close(
-        torch.as_tensor(actual).double(),
-        torch.as_tensor(expected).double(),
+        torch.as_tensor(actual, dtype=torch.float64),  # a Python float stays a double (not fp32 first)
+        torch.as_tensor(expected, dtype=torch.float64),
         rtol=rtol,
         atol=atol,
         equal_nan=True,

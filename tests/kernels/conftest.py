@@ -1,5 +1,9 @@
-"""Kernel tests run the Triton kernels on CPU through the interpreter: set it before triton loads."""
+"""Kernel tests run on CUDA tensors, compiled, when a GPU is present; otherwise the Triton interpreter runs
+them on CPU tensors (the flag must be set before triton loads). ``f64_refs.DEV`` is the device."""
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -6,17 +6,20 @@ import math
 
 import torch
 
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-5, torch.float16: 1e-5}  # fp32 accumulation of exact inputs
-STORE_TOL = {torch.float32: 2e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}  # one rounding to the dtype
-TORCH_TOL = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}  # torch's norm is in the dtype
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # compiled on CUDA, else interpreted
+F32, BF16, F16, F64 = torch.float32, torch.bfloat16, torch.float16, torch.float64
+TOL = {F32: 1e-5, BF16: 1e-5, F16: 1e-5, F64: 1e-12}  # fp32 (fp64) accumulation of exact inputs
+STORE_TOL = {F32: 2e-6, BF16: 8e-3, F16: 1e-3, F64: 1e-12}  # one rounding to the dtype
+TORCH_TOL = {F32: 1e-5, BF16: 8e-3, F16: 1e-3, F64: 1e-12}  # torch's norm is in the dtype
 
 
 def f64_stats(grads: list[torch.Tensor], p: float) -> dict[str, torch.Tensor]:
     """Per-tensor p-norms, max |g|, non-finite counts, total norm and clip coefficient in float64."""
     d = [g.detach().double().flatten() for g in grads]
-    norms = torch.tensor([torch.linalg.vector_norm(x, p).item() if x.numel() else 0.0 for x in d])
-    maxabs = torch.tensor([x.abs().max().item() if x.numel() else 0.0 for x in d])
-    nonfinite = torch.tensor([float((~torch.isfinite(x)).sum()) for x in d])
+    f64 = torch.float64
+    norms = torch.tensor([torch.linalg.vector_norm(x, p).item() if x.numel() else 0.0 for x in d], dtype=f64)
+    maxabs = torch.tensor([x.abs().max().item() if x.numel() else 0.0 for x in d], dtype=f64)
+    nonfinite = torch.tensor([float((~torch.isfinite(x)).sum()) for x in d], dtype=f64)
     flat = torch.cat(d) if d else torch.zeros(0, dtype=torch.float64)
     total = torch.linalg.vector_norm(flat, p) if flat.numel() else torch.tensor(0.0, dtype=torch.float64)
     return {"norm": norms, "maxabs": maxabs, "nonfinite": nonfinite, "total": total}
@@ -34,10 +37,10 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
 
 
 def make_grads(sizes, dtype, scale: float = 1.0) -> list[torch.Tensor]:
-    """Fresh random (never zero) tensors of the given sizes."""
+    """Fresh random (never zero) tensors of the given sizes, on ``DEV``."""
     out = []
     for s in sizes:
-        g = torch.randn(s, dtype=torch.float32) * scale
+        g = torch.randn(s, dtype=torch.float32, device=DEV) * scale
         g = torch.where(g == 0, torch.full_like(g, 0.5), g)
         out.append(g.to(dtype))
     return out

@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from f64_refs import STORE_TOL, TOL, TORCH_TOL, assert_close, coef64, f64_stats, make_grads
+from f64_refs import DEV, STORE_TOL, TOL, TORCH_TOL, assert_close, coef64, f64_stats, make_grads
+
 from gradscope.kernels import clip_norm as K
 from gradscope.kernels import reference as R
 
@@ -15,7 +16,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning"),
 ]
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 CHUNK = 64  # small chunks: block and chunk boundaries at a few hundred elements
 CASES = {
     "empty": [],
@@ -42,13 +43,14 @@ def test_matches_float64(impl, dtype, case, clip):
     max_norm = float(ref["total"]) * 0.5 if clip else float(ref["total"]) * 2 + 1
     out = run(impl, grads, max_norm)
     tol = TOL[dtype]
-    assert out.total.dtype == torch.float32 and out.norm.dtype == torch.float32
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert not grads or (out.total.dtype == acc and out.norm.dtype == acc)
     assert_close(out.total, ref["total"], tol)
     assert_close(out.norm, ref["norm"], tol)
     assert_close(out.maxabs, ref["maxabs"], tol)
     assert_close(out.nonfinite, ref["nonfinite"], 0)
     c = coef64(ref["total"], max_norm)
-    assert_close(out.coef, torch.tensor(c), tol)
+    assert_close(out.coef, torch.tensor(c, dtype=torch.float64), tol)
     assert float(out.found_inf) == 0.0
     for g, b in zip(grads, before, strict=True):
         if clip:
@@ -58,20 +60,58 @@ def test_matches_float64(impl, dtype, case, clip):
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
-@pytest.mark.parametrize("p", [float("inf"), 1.0, 3.0])
-def test_norm_types(impl, p):
-    grads = make_grads([70, 5, 130], torch.float32)
+@pytest.mark.parametrize("p", [float("inf"), 1.0, 3.0, 0.5, 0.0, -1.0, -0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_norm_types(impl, p, dtype):
+    grads = make_grads([70, 5, 130], dtype)
+    grads[2][7] = 0.0  # a zero: 0**p is inf for p < 0, and p = 0 counts nonzeros
     ref = f64_stats(grads, p)
     out = run(impl, grads, 0.1, p, fold=True)
-    assert_close(out.total, ref["total"], 2e-5)
+    expected = torch.nn.utils.get_total_norm([g.double() for g in grads], p)  # torch's own rule per tensor
+    assert_close(out.total, expected, 2e-5)
     assert_close(out.norm, ref["norm"], 2e-5)
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+@pytest.mark.parametrize("p", [3.0, 0.5, 1.0, -1.0])
+def test_general_p_carries_nan(impl, p):
+    """A NaN element makes the p-norm NaN (Σ|x|^p is NaN), as in torch: nothing drops it."""
+    grads = make_grads([100, 40], torch.float32)
+    grads[1][5] = math.nan
+    out = run(impl, grads, 1.0, p, fold=True)
+    assert math.isnan(float(out.total)) and float(out.found_inf) == 1.0
+    assert math.isnan(float(out.norm[1])) and math.isfinite(float(out.norm[0]))
+    assert math.isnan(float(torch.nn.utils.get_total_norm([g.clone() for g in grads], p)))
+
+
+def test_dense_layouts_and_unaligned_starts():
+    """channels_last and transposed grads are dense: the kernel reads their storage; a grad that starts
+    off a 16-byte boundary takes the unaligned path; both equal torch."""
+    base = make_grads([(4 * 130 + 1,)], torch.float32)[0]
+    grads = [
+        make_grads([(3, 5, 4, 6)], torch.bfloat16)[0].to(memory_format=torch.channels_last),
+        make_grads([(33, 70)], torch.float32)[0].t(),
+        base[1:].view(4, 130),  # storage offset of one element: 4 bytes off alignment
+    ]
+    before = base[0].clone()
+    plan = K.plan_for(grads, CHUNK)
+    assert plan.problem is None and plan.aligned == [True, False]  # groups: bf16, then fp32
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    expected = torch.nn.utils.clip_grad_norm_(params, 0.5)
+    out = K.clip_norm_(grads, 0.5, chunk=CHUNK)
+    assert_close(out.total, expected.float(), 8e-3)
+    for g, p in zip(grads, params, strict=True):
+        assert_close(g, p.grad, 2e-2, atol=1e-6)
+    assert torch.equal(base[0], before)  # the element before the unaligned view is not written
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_many_tensors_vs_torch(dtype):
     sizes = torch.randint(1, 200, (100,), generator=torch.Generator().manual_seed(1)).tolist()
     grads = make_grads(sizes, dtype)
-    params = [torch.nn.Parameter(torch.randn(s).to(dtype)) for s in sizes]
+    params = [torch.nn.Parameter(torch.randn(s, device=DEV).to(dtype)) for s in sizes]
     p_before = [p.detach().clone() for p in params]
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
@@ -80,7 +120,7 @@ def test_many_tensors_vs_torch(dtype):
         p.grad = g.clone()
     out = K.clip_norm_([p.grad for p in params], 1.0, chunk=256)
     expected = torch.nn.utils.clip_grad_norm_(t_params, 1.0)
-    assert_close(out.total, expected.float(), TORCH_TOL[dtype])
+    assert_close(out.total, expected, TORCH_TOL[dtype])
     for p, t, b in zip(params, t_params, p_before, strict=True):
         assert_close(p.grad, t.grad, STORE_TOL[dtype] + TORCH_TOL[dtype], atol=1e-6)
         assert torch.equal(p.detach(), b)  # parameters untouched
@@ -141,13 +181,13 @@ def test_tables_cached_and_refreshed_on_storage_change():
     plan = K.plan_for(grads, CHUNK)
     addrs = plan.addrs
     assert K.plan_for(grads, CHUNK) is plan and plan.addrs is addrs  # nothing rebuilt
-    grads[1] = torch.randn(20)  # new storage, same shape: only the address table changes
+    grads[1] = torch.randn(20, device=DEV)  # new storage, same shape: a new address table, same layout
     plan2 = K.plan_for(grads, CHUNK)
-    assert plan2 is plan and plan2.addrs is not addrs
+    assert plan2 is not plan and plan2.addrs is not addrs
     assert plan2.layout is plan.layout
     out = K.norm_stats(grads, 1.0, chunk=CHUNK)
     assert_close(out.norm, f64_stats(grads, 2.0)["norm"], 1e-5)
-    grads.append(torch.randn(3))  # new shapes: a new layout
+    grads.append(torch.randn(3, device=DEV))  # new shapes: a new layout
     assert K.plan_for(grads, CHUNK).layout is not plan.layout
 
 
@@ -162,9 +202,14 @@ def test_mixed_dtypes_one_norm():
 
 
 def test_unsupported_inputs_raise():
-    with pytest.raises(TypeError, match="fp32, bf16 and fp16"):
-        K.norm_stats([torch.randn(4, dtype=torch.float64)], 1.0)
-    with pytest.raises(ValueError, match="contiguous"):
-        K.norm_stats([torch.randn(4, 4).t()], 1.0)
-    with pytest.raises(ValueError, match="norm_type"):
-        K.norm_stats([torch.randn(4)], 1.0, p=0.0)
+    with pytest.raises(TypeError, match="fp32, bf16, fp16 and fp64"):
+        K.norm_stats([torch.ones(4, dtype=torch.int32, device=DEV)], 1.0)
+    with pytest.raises(ValueError, match="dense"):
+        K.norm_stats([torch.randn(4, 8, device=DEV)[:, ::2]], 1.0)
+    with pytest.raises(ValueError, match="norm type"):
+        K.norm_stats([torch.randn(4, device=DEV)], 1.0, p=math.nan)
+
+
+def test_empty_list():
+    out = K.clip_norm_([], 1.0)
+    assert float(out.total) == 0.0 and float(out.coef) == 1.0 and out.norm.numel() == 0

@@ -15,12 +15,18 @@ registered (``add_listener``: a Scope uses max |g| and then skips its own pass) 
   on the generic torch path (other devices) they are a 0/1 flag per tensor (its norm is not finite).
 * ``"full"``: also max |g| and exact non-finite counts everywhere (extra reads off the Triton path).
 
-``auto`` takes ``triton`` when every grad is a contiguous fp32/bf16/fp16 CUDA tensor on one device,
-the norm type is > 0 and triton is importable; otherwise ``torch``.
+``auto`` takes ``triton`` when every grad is a dense (contiguous or channels_last) fp32/bf16/fp16/fp64
+CUDA tensor on one device, the norm type is finite or inf and triton is importable; otherwise ``torch``.
+On the Triton path one walk over the gradients finds the kernel's cached plan; the list returned by
+``grads_of`` carries it from ``resolve`` to ``measure`` and ``scale_``.
+
+Norms, totals and coefficients are fp32, fp64 when a gradient is fp64 (torch's dtype rule; bf16/fp16 are
+reduced in fp32 where torch keeps half precision).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -34,18 +40,19 @@ from gradscope.kernels import reference
 from gradscope.kernels.reference import Finalized
 
 from . import _listeners, cpu
+from .torchnorm import foreach_norms, total_norm
 
 BACKENDS = ("auto", "triton", "torch")
 STATS = ("auto", "norm", "full")
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _kernel_fits(grads: Sequence[Tensor], norm_type: float) -> bool:
-    return (
-        norm_type > 0
-        and len({g.device for g in grads}) == 1
-        and all(g.dtype in _KERNEL_DTYPES and g.is_contiguous() for g in grads)
-    )
+@functools.cache
+def _triton_available() -> bool:
+    return available("triton")
+
+
+def _kernel_norm_type(p: float) -> bool:
+    return not math.isnan(p) and (math.isfinite(p) or p > 0)
 
 
 def resolve(backend: str, grads: Sequence[Tensor], norm_type: float = 2.0) -> str:
@@ -54,10 +61,11 @@ def resolve(backend: str, grads: Sequence[Tensor], norm_type: float = 2.0) -> st
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if backend == "torch" or not grads:
         return "torch"
-    on_cuda = all(g.is_cuda for g in grads)
     if backend == "auto":
-        return "triton" if on_cuda and _kernel_fits(grads, norm_type) and available("triton") else "torch"
-    if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        if not (grads[0].is_cuda and _kernel_norm_type(float(norm_type)) and _triton_available()):
+            return "torch"
+        return "triton" if _kernels().plan_for(grads).problem is None else "torch"
+    if not grads[0].is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
             f"backend='triton' needs CUDA gradients, got {grads[0].device.type} ones; use backend='auto' "
             "or 'torch', or set TRITON_INTERPRET=1 before importing triton to run the kernels on CPU"
@@ -81,30 +89,28 @@ def check_stats(stats: str) -> str:
     return stats
 
 
-def _generic_norm(grads: Sequence[Tensor], max_norm: float | Tensor, p: float) -> Finalized:
-    """Any device, ``stats="norm"``: one grouped foreach norm pass; non-finite as a 0/1 flag."""
-    norms = functional.norms(grads, p)
-    total = functional.total_norm(norms, p)
+def _finish(grads, norms, maxabs, nonfinite, max_norm, p) -> Finalized:
+    total = total_norm(norms, p)
     coef = reference.clip_coef(total, max_norm)
-    flag = (~torch.isfinite(norms)).float()
-    mx = norms if math.isinf(p) else None  # the inf-norm is max |g|
-    return Finalized(norms, mx, flag, total, coef, (~torch.isfinite(total)).float(), 1.0 / coef)
+    return Finalized(norms, maxabs, nonfinite, total, coef, (~torch.isfinite(total)).float(), 1.0 / coef)
+
+
+def _generic_norm(grads: Sequence[Tensor], max_norm: float | Tensor, p: float) -> Finalized:
+    """Any device, ``stats="norm"``: one grouped foreach norm pass; non-finite as a 0/1 flag (p > 0)."""
+    norms = foreach_norms(grads, p)
+    if p > 0:
+        flag = (~torch.isfinite(norms)).float()
+    else:  # a nonzero count or a negative order says nothing about NaN/Inf elements: count them
+        flag = torch.stack([(~torch.isfinite(g)).sum().to(norms.device) for g in grads]).float()
+    mx = norms if math.isinf(p) and p > 0 else None  # the inf-norm is max |g|
+    return _finish(grads, norms, mx, flag, max_norm, p)
 
 
 def _generic(grads: Sequence[Tensor], max_norm: float | Tensor, p: float) -> Finalized:
-    """Any device, any norm type, ``stats="full"``: foreach norms via ``functional.grad_stats``."""
-    norm2, maxabs, nonfinite = functional.grad_stats(grads)
-    if p == 2.0:
-        norms = norm2
-    elif math.isinf(p) and p > 0:
-        norms = maxabs
-    else:
-        dev = norm2.device
-        norms = torch.stack([torch.linalg.vector_norm(g, p, dtype=torch.float32).to(dev) for g in grads])
-    total = functional.total_norm(norms, p)
-    coef = reference.clip_coef(total, max_norm)
-    found = (~torch.isfinite(total)).float()
-    return Finalized(norms, maxabs, nonfinite, total, coef, found, 1.0 / coef)
+    """Any device, any norm type, ``stats="full"``: torch's norms, max |g| and exact non-finite counts."""
+    _, maxabs, nonfinite = functional.grad_stats(grads)
+    norms = foreach_norms(grads, p)
+    return _finish(grads, norms, maxabs, nonfinite, max_norm, p)
 
 
 def measure(
@@ -123,14 +129,16 @@ def measure(
         return out
     if cpu.fits(grads, p):
         return cpu.measure(grads, max_norm, p, stats)
-    if stats == "norm" and p > 0:
+    if stats == "norm":
         return _generic_norm(grads, max_norm, p)
     return _generic(grads, max_norm, p)
 
 
 def scale_(grads: Sequence[Tensor], coef: Tensor, backend: str) -> None:
-    """``g *= coef`` (0-d fp32 device tensor); skipped when ``coef >= 1`` without reading it on CUDA."""
+    """``g *= coef`` (0-d device tensor); skipped when ``coef >= 1`` without reading it on CUDA."""
     if backend == "triton":
-        _kernels().scale_(grads, coef.to(torch.float32).contiguous())
+        if coef.dtype not in (torch.float32, torch.float64):
+            coef = coef.float()
+        _kernels().scale_(grads, coef.contiguous())
     else:
         reference.scale_(grads, coef)

@@ -54,6 +54,15 @@ def param_list(parameters: Tensor | Iterable[Tensor]) -> list[Tensor]:
     return list(parameters)
 
 
+class Grads(list):
+    """A list of gradients that can carry the fused kernel's plan for one clip (``plan`` attribute), so
+    the backend check, the norm pass and the scale pass walk the gradients once between them."""
+
+    __slots__ = ("plan",)
+
+
 def grads_of(params: list[Tensor]) -> list[Tensor]:
     """The gradients of ``params`` that exist, in order."""
-    return [p.grad for p in params if p.grad is not None]
+    out = Grads(p.grad for p in params if p.grad is not None)
+    out.plan = None
+    return out

@@ -54,24 +54,6 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.floa
 
 
 @triton.jit
-def _accumulate(x, m, acc, mx, nf, pw, p, GENERAL_P: tl.constexpr, ZERO_P: tl.constexpr, MASKED: tl.constexpr):
-    """One block of elements into the running partials (``m``: which lanes are real, when MASKED)."""
-    ax = tl.abs(x)
-    isnan = x != x
-    acc += x * x
-    nf += tl.where(isnan | (ax == float("inf")), 1.0, 0.0)
-    mx = tl.maximum(mx, tl.where(isnan, 0.0, ax))  # NaN is carried by Σx², not by max
-    if GENERAL_P:
-        term = tl.exp2(p * tl.log2(ax))  # |x|^p: 0 -> 0 (p > 0) or inf (p < 0); NaN stays NaN
-        if MASKED:
-            term = tl.where(m, term, 0.0)
-        pw += term
-    if ZERO_P:
-        pw += tl.where(x != 0.0, 1.0, 0.0)  # torch's 0-"norm": nonzero count, NaN counts
-    return acc, mx, nf, pw
-
-
-@triton.jit
 def _partials_kernel(
     addrs, numels, chunk_tid, chunk_off, sq_out, mx_out, nf_out, pw_out, chunk_base, p,
     DTYPE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, GENERAL_P: tl.constexpr,
@@ -90,27 +72,29 @@ def _partials_kernel(
     nf = tl.zeros([BLOCK], dtype=ACC)
     pw = tl.zeros([BLOCK], dtype=ACC)
     lane = tl.arange(0, BLOCK).to(tl.int64)
-    if start + CHUNK <= n:  # a whole chunk: no mask, vector loads on the aligned path
-        for i in range(0, CHUNK, BLOCK):
-            x = tl.load(base + (start + i + lane)).to(ACC)
-            acc, mx, nf, pw = _accumulate(x, None, acc, mx, nf, pw, p, GENERAL_P, ZERO_P, False)
-    else:
-        for i in range(0, CHUNK, BLOCK):
-            offs = start + i + lane
-            m = offs < n
+    full = start + CHUNK <= n  # a whole chunk: loads without a mask (vector loads on the aligned path)
+    end = tl.where(full, CHUNK, n - start)  # the last chunk of a tensor: only the blocks with elements
+    for i in range(0, end, BLOCK):
+        offs = start + i + lane
+        m = offs < n
+        if full:
+            x = tl.load(base + offs).to(ACC)
+        else:
             x = tl.load(base + offs, mask=m, other=0.0).to(ACC)
-            acc, mx, nf, pw = _accumulate(x, m, acc, mx, nf, pw, p, GENERAL_P, ZERO_P, True)
+        ax = tl.abs(x)
+        isnan = x != x
+        acc += x * x
+        nf += tl.where(isnan | (ax == float("inf")), 1.0, 0.0)
+        mx = tl.maximum(mx, tl.where(isnan, 0.0, ax))  # NaN is carried by Σx², not by max
+        if GENERAL_P:  # |x|^p: 0 -> 0 (p > 0) or inf (p < 0); NaN stays NaN; masked lanes add 0
+            pw += tl.where(m, tl.exp2(p * tl.log2(ax)), 0.0)
+        if ZERO_P:
+            pw += tl.where(x != 0.0, 1.0, 0.0)  # torch's 0-"norm": the nonzero count, NaN counts
     out = chunk_base + pid
     tl.store(sq_out + out, tl.sum(acc, axis=0))
     tl.store(mx_out + out, tl.max(mx, axis=0))
     tl.store(nf_out + out, tl.sum(nf, axis=0))
     tl.store(pw_out + out, tl.sum(pw, axis=0))
-
-
-@triton.jit
-def _root(s, p):
-    """``s ** (1 / p)`` in fp64 (0 ** (1/p) is 0 for p > 0 and inf for p < 0, like torch's pow)."""
-    return tl.exp2(tl.log2(s.to(tl.float64)) / p)
 
 
 @triton.jit
@@ -142,7 +126,7 @@ def _finalize_tensors_kernel(
         norm = s_mx
         contrib = s_mx
     elif KIND == 2:
-        norm = _root(s_pw, p).to(ACC)
+        norm = tl.exp2(tl.log2(s_pw.to(tl.float64)) / p).to(ACC)  # s^(1/p) in fp64: 0 -> 0 or inf
         contrib = s_pw
     else:  # p = 0: the count itself; globally, torch counts the tensors whose count is nonzero
         norm = s_pw
@@ -173,7 +157,7 @@ def _finalize_global_kernel(
     elif KIND == 1:
         total = tl.max(acc, axis=0)
     elif KIND == 2:
-        total = _root(tl.sum(acc, axis=0), p).to(ACC)
+        total = tl.exp2(tl.log2(tl.sum(acc, axis=0).to(tl.float64)) / p).to(ACC)
     else:
         total = tl.sum(acc, axis=0)
     total = tl.where(tl.sum(n_nan, axis=0) > 0.0, float("nan"), total)
@@ -202,14 +186,14 @@ def _scale_kernel(
             base = tl.multiple_of(base, 16)
             start = tl.multiple_of(start, CHUNK)
         lane = tl.arange(0, BLOCK).to(tl.int64)
-        if start + CHUNK <= n:
-            for i in range(0, CHUNK, BLOCK):
-                ptrs = base + (start + i + lane)
-                x = tl.load(ptrs)
-                tl.store(ptrs, (x.to(c.dtype) * c).to(DTYPE))
-        else:
-            for i in range(0, CHUNK, BLOCK):
-                offs = start + i + lane
+        full = start + CHUNK <= n
+        end = tl.where(full, CHUNK, n - start)
+        for i in range(0, end, BLOCK):
+            offs = start + i + lane
+            if full:
+                x = tl.load(base + offs)
+                tl.store(base + offs, (x.to(c.dtype) * c).to(DTYPE))
+            else:
                 m = offs < n
                 x = tl.load(base + offs, mask=m, other=0.0)
                 tl.store(base + offs, (x.to(c.dtype) * c).to(DTYPE), mask=m)

@@ -58,7 +58,8 @@ class NoClip(Clipper):
         which = resolve(self.backend, grads, self.norm_type)
         out = measure(grads, float("inf"), self.norm_type, which, self.stats)
         one = torch.ones((), dtype=torch.float32, device=out.total.device)
-        return ClipResult(out.total, one, torch.zeros((), dtype=torch.bool, device=one.device), tensor_stats(out))
+        clipped = torch.zeros((), dtype=torch.bool, device=one.device)
+        return ClipResult(out.total, one, clipped, tensor_stats(out), self.norm_type)
 
 
 def tensor_stats(out) -> TensorStats:

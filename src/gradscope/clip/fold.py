@@ -60,7 +60,7 @@ def fold_step(
             return result
         which = resolve(backend, grads, float(norm_type))
         out = measure(grads, float(max_norm), float(norm_type), which, stats)
-    result = ClipResult(out.total, out.coef, ~(out.coef >= 1.0), tensor_stats(out))
+    result = ClipResult(out.total, out.coef, ~(out.coef >= 1.0), tensor_stats(out), float(norm_type))
     optimizer.grad_scale = out.grad_scale  # type: ignore[attr-defined]
     optimizer.found_inf = out.found_inf  # type: ignore[attr-defined]
     try:

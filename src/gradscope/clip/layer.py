@@ -39,4 +39,4 @@ class LayerClipper(Clipper):
         else:
             for g, c in zip(grads, coef.unbind(), strict=True):
                 g.mul_(c.to(g.device))
-        return ClipResult(out.total, coef, act.any(), tensor_stats(out))
+        return ClipResult(out.total, coef, act.any(), tensor_stats(out), self.norm_type)

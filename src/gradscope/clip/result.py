@@ -28,15 +28,18 @@ class TensorStats:
 class ClipResult:
     """What one clip did.
 
-    ``total_norm``: pre-clip global norm (0-d fp32). ``coef``: the applied coefficient, 1.0 where
-    nothing was clipped (0-d for global strategies, one per tensor for per-layer ones). ``clipped``:
-    0-d bool, whether any gradient changed. ``per_tensor``: the per-tensor statistics.
+    ``total_norm``: pre-clip global norm (0-d fp32; fp64 for fp64 grads). ``coef``: the applied
+    coefficient, 1.0 where nothing was clipped (0-d for global strategies, one per tensor for per-layer
+    ones). ``clipped``: 0-d bool, whether any gradient changed. ``per_tensor``: the per-tensor
+    statistics. ``norm_type``: the p of ``total_norm`` and ``per_tensor.norm`` (a listener that records
+    L2 norms, like a Scope, uses them only when it is 2).
     """
 
     total_norm: Tensor
     coef: Tensor
     clipped: Tensor
     per_tensor: TensorStats
+    norm_type: float = 2.0
 
 
 def empty_result() -> ClipResult:

@@ -19,6 +19,7 @@ install-dev: torch
 	# (fsspec, packaging, PyYAML, tqdm, typing-extensions) come with transformers/tensorboard.
 	$(PIP) install -q --no-deps "lightning==2.6.6" "pytorch-lightning==2.6.6" "lightning-utilities==0.15.3" \
 		"torchmetrics==1.9.0"
+	$(PIP) install -q --no-deps zclip==1.0.0 autoclip==0.2.1  # reference packages for tests/clip (need only torch)
 
 demo: install
 	$(PYTHON) -m gradscope.cli demo

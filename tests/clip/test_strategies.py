@@ -1,4 +1,5 @@
-"""Each clipping strategy against an independent float64 implementation of its paper's rule."""
+"""Each clipping strategy against an independent float64 implementation of its paper's rule (AGC, ZClip and
+AutoClip against their authors' code: test_references.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ def grads64(m):
 
 def total64(gs):
     return math.sqrt(sum(float((g * g).sum()) for g in gs))
+
+
+def test_value_clipping_with_nan_clamps_the_rest_like_torch():
+    m, t = mlp(1), mlp(1)
+    for model in (m, t):
+        model[0].weight.grad[0, 0] = float("nan")
+    c = 0.25 * max(float(p.grad.nan_to_num().abs().max()) for p in m.parameters())
+    C.ValueClipper(c)(m.parameters())
+    torch.nn.utils.clip_grad_value_(t.parameters(), c)
+    for p, q in zip(m.parameters(), t.parameters(), strict=True):
+        assert torch.equal(p.grad.nan_to_num(7.0), q.grad.nan_to_num(7.0))  # clamped, the NaN kept
+    assert float(m[0].weight.grad.nan_to_num().abs().max()) <= c
 
 
 def test_value_clipping():
@@ -46,72 +59,12 @@ def test_layer_clipping():
     assert bool(r.clipped) and min(coefs) < 1.0 < max(coefs) + 1e-9
 
 
-def agc64(w: torch.Tensor, g: torch.Tensor, lam: float, eps: float) -> torch.Tensor:
-    """Brock et al. 2021 eq. 3, written unit by unit."""
-    w, g = w.double(), g.double()
-    if w.dim() <= 1:
-        w, g = w.reshape(-1, 1), g.reshape(-1, 1)  # vectors: each element is a unit
-        shape = (-1,)
-    else:
-        shape = g.shape
-    out = g.clone().reshape(g.shape[0], -1)
-    for i in range(out.shape[0]):
-        wn = max(float(w.reshape(w.shape[0], -1)[i].norm()), eps)
-        gn = float(out[i].norm())
-        if gn / wn > lam:
-            out[i] *= lam * wn / gn
-    return out.reshape(shape)
-
-
-@pytest.mark.parametrize("kind", ["conv", "linear"])
-def test_agc_unitwise(kind):
-    torch.manual_seed(3)
-    if kind == "conv":
-        m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
-        x = torch.randn(2, 3, 6, 6)
-    else:
-        m = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
-        x = torch.randn(3, 5)
-    (m(x) * 50).pow(2).sum().backward()
-    m[0].bias.data[0] = 0.0  # a zero weight unit: the eps floor applies
-    expected = [agc64(p.detach(), p.grad, 0.05, 1e-3) for p in m.parameters()]
-    weights = [p.detach().clone() for p in m.parameters()]
-    r = C.make_clipper("agc", clipping=0.05)(m.parameters())
-    for p, e, w in zip(m.parameters(), expected, weights, strict=True):
-        close(p.grad, e, rtol=1e-5, atol=1e-7)
-        assert torch.equal(p.detach(), w)
-    assert bool(r.clipped) and r.coef.shape == (4,)
-
-
 def autoclip64(norms: list[float], pct: float, history: int) -> list[float]:
     coefs, hist = [], []
     for n in norms:
         hist.append(n)
         thr = float(np.percentile(hist[-history:], pct))
         coefs.append(min(1.0, thr / (n + 1e-6)))
-    return coefs
-
-
-def zclip64(norms, alpha, z_thresh, warmup, eps=1e-6):
-    coefs, buf, mean, var = [], [], None, None
-    for n in norms:
-        if mean is None:
-            buf.append(n)
-            coefs.append(1.0)
-            if len(buf) == warmup:
-                mean = sum(buf) / len(buf)
-                var = sum((x - mean) ** 2 for x in buf) / len(buf)
-            continue
-        std = math.sqrt(var)
-        z = (n - mean) / (std + eps)
-        eff = n
-        if z > z_thresh:
-            eff = mean + z_thresh * std
-            coefs.append(min(1.0, eff / (n + 1e-6)))
-        else:
-            coefs.append(1.0)
-        mean = alpha * mean + (1 - alpha) * eff
-        var = alpha * var + (1 - alpha) * (eff - mean) ** 2
     return coefs
 
 
@@ -134,13 +87,6 @@ def test_autoclip_percentile_of_bounded_history():
     coefs, norms = drive(C.make_clipper("autoclip", percentile=25, history=6), range(20))
     close(coefs, torch.tensor(autoclip64(norms, 25, 6)), rtol=2e-6)
     assert (coefs < 1).sum() >= 3
-
-
-def test_zclip_zscore_against_ema():
-    coefs, norms = drive(C.make_clipper("zclip", alpha=0.9, z_thresh=2.0, warmup=5), range(20))
-    expected = torch.tensor(zclip64(norms, 0.9, 2.0, 5))
-    close(coefs, expected, rtol=2e-6)
-    assert (expected < 1).sum() >= 2  # the spikes at steps 6, 10, 15 clip
 
 
 @pytest.mark.parametrize(
@@ -169,7 +115,7 @@ def test_nonfinite_norm_kept_out_of_adaptive_state():
     a = C.make_clipper("autoclip", history=4)
     drive(a, range(3))
     a(m.parameters())
-    assert torch.isnan(a.state_dict()["buf"][3])
+    assert torch.isnan(a.state_dict()["buf"][0, 3])
 
 
 def test_factory_and_results():

@@ -5,9 +5,15 @@ Normalization" (NFNets), eq. 3: for each unit i (a row of a Linear weight, a fil
 
     G_i ← λ · max(‖W_i‖, ε) / ‖G_i‖ · G_i    if ‖G_i‖ / max(‖W_i‖, ε) > λ,
 
-with ``λ = clipping`` and ``ε = 1e-3``; vectors and scalars (biases, gains) are clipped per element.
-The paper does not clip the final classifier layer: pass only the parameters to clip.
-Unit norms come from ``functional.unitwise_norm``.
+with ``λ = clipping`` (timm's name ``clip_factor`` is accepted) and ``ε = 1e-3``. As in the authors'
+code (deepmind-research ``nfnets/agc_optax.py``: ``unitwise_norm`` and ``my_clip``) and timm
+(``timm/utils/agc.py``): a tensor that squeezes to a scalar or a vector (a bias, a norm gain, a [out, 1]
+weight) is ONE unit; otherwise a unit is everything but dim 0 (torch keeps the output dim first). The
+clip is ``where(‖G_i‖ < λ·max(‖W_i‖, ε), G_i, G_i · λ·max(‖W_i‖, ε) / max(‖G_i‖, 1e-6))``, op for op
+as timm computes it, so fp32 results are bitwise equal. Departures: timm takes a [out, 1] weight's rows
+as units (the authors' code, followed here, squeezes it to one vector); bf16/fp16 norms are taken in
+fp32 (timm keeps the parameter's dtype). The paper does not clip the final classifier layer: pass only
+the parameters to clip.
 """
 
 from __future__ import annotations
@@ -15,10 +21,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradscope.functional import unitwise_norm
-
 from .base import Clipper
 from .result import ClipResult, TensorStats
+
+
+def unitwise_norm(x: Tensor, norm_type: float = 2.0) -> Tensor:
+    """Norm of each output unit, broadcastable to ``x`` (NFNets' ``unitwise_norm`` in torch's layout)."""
+    if sum(d != 1 for d in x.shape) <= 1:  # squeezes to a scalar or a vector: one unit
+        return torch.linalg.vector_norm(x, norm_type)
+    return torch.linalg.vector_norm(x, norm_type, dim=tuple(range(1, x.dim())), keepdim=True)
 
 
 class AGC(Clipper):
@@ -26,8 +37,11 @@ class AGC(Clipper):
 
     name = "agc"
 
-    def __init__(self, clipping: float = 0.01, eps: float = 1e-3) -> None:
-        self.clipping, self.eps = float(clipping), float(eps)
+    def __init__(
+        self, clipping: float = 0.01, eps: float = 1e-3, norm_type: float = 2.0, *, clip_factor: float | None = None
+    ) -> None:
+        self.clipping = float(clip_factor if clip_factor is not None else clipping)
+        self.eps, self.norm_type = float(eps), float(norm_type)
 
     def _clip(self, params: list[Tensor], grads: list[Tensor]) -> ClipResult:
         norms, coefs = [], []
@@ -35,15 +49,19 @@ class AGC(Clipper):
             g = p.grad
             if g is None:
                 continue
-            w_norm = unitwise_norm(p.detach().float()).clamp_min(self.eps)
-            g_norm = unitwise_norm(g.float())
-            limit = self.clipping * w_norm
-            unit = torch.where(g_norm > limit, limit / g_norm, torch.ones_like(g_norm))
-            norms.append(torch.linalg.vector_norm(g_norm))
-            coefs.append(unit.amin() if unit.numel() else unit.new_ones(()))
-            if g.device.type != "cpu" or bool((unit < 1).any()):  # CPU: no sync, write only on clip
-                g.mul_(unit)
-        norm = torch.stack(norms).to(torch.float32)
-        coef = torch.stack(coefs).to(torch.float32)
-        total = torch.linalg.vector_norm(norm)
-        return ClipResult(total, coef, (coef < 1).any(), TensorStats(norm))
+            w, gd = p.detach(), g.detach()
+            if gd.dtype in (torch.float16, torch.bfloat16):
+                w, gd = w.float(), gd.float()
+            max_norm = unitwise_norm(w, self.norm_type).clamp_(min=self.eps).mul_(self.clipping)
+            grad_norm = unitwise_norm(gd, self.norm_type)
+            ratio = max_norm / grad_norm.clamp(min=1e-6)
+            keep = grad_norm < max_norm
+            unit = torch.where(keep, torch.ones_like(ratio), ratio)
+            norms.append(torch.linalg.vector_norm(grad_norm, self.norm_type).to(torch.float32))
+            coefs.append(unit.amin().to(torch.float32) if unit.numel() else unit.new_ones((), dtype=torch.float32))
+            if g.device.type != "cpu" or not bool(keep.all()):  # CPU: no sync; write only on clip
+                g.copy_(torch.where(keep, gd, gd * ratio))
+        norm = torch.stack(norms)
+        coef = torch.stack(coefs)
+        total = torch.linalg.vector_norm(norm, self.norm_type)
+        return ClipResult(total, coef, (coef < 1).any(), TensorStats(norm), self.norm_type)

@@ -2,6 +2,7 @@
 
 Rule (Mikolov 2012, "Statistical Language Models Based on Neural Networks", ch. 3; torch's
 ``clip_grad_value_``): ``g_i ← max(-c, min(c, g_i))``. The direction of ``g`` changes when it clips.
+As in torch, a NaN element stays NaN and the tensor's other elements are still clamped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class ValueClipper(Clipper):
 
     def _clip(self, params: list[Tensor], grads: list[Tensor]) -> ClipResult:
         out = measure(grads, float("inf"), 2.0, resolve(self.backend, grads), stats="full")  # needs max|g|
-        over = out.maxabs > self.clip_value
+        over = ~(out.maxabs <= self.clip_value)  # NaN max |g| (a NaN element): clamp the rest as torch does
         if out.maxabs.device.type == "cpu":  # CPU: reading ``over`` costs no sync; clamp only those
             todo = [g for g, o in zip(grads, over.tolist(), strict=True) if o]
         else:

@@ -137,7 +137,7 @@ class ParamRecorder:
 
     def on_clip(self, params: list[Tensor], result: Any) -> None:
         """A gradscope clip measured the gradients: reuse its per-tensor statistics (pre-clip)."""
-        if self.state.closed or not self.state.scheduled() or getattr(result, "norm_type", 2.0) != 2.0:
+        if self.state.closed or not self.state.scheduled():
             return
         stats = result.per_tensor
         index = {id(p): i for i, p in enumerate(self.params)}
@@ -145,8 +145,8 @@ class ParamRecorder:
         if len(with_grad) != stats.norm.numel() or any(id(p) not in index for p in with_grad):
             return
         self._record_clip(result)
-        if stats.maxabs is None or distributed.is_dtensor(stats.norm):
-            return  # norms only, or sharded partials: keep measuring ourselves
+        if stats.maxabs is None or distributed.is_dtensor(stats.norm) or result.norm_type != 2.0:
+            return  # norms only, sharded partials, or not L2 (grad_norm is L2): keep measuring ourselves
         idx = tuple(index[id(p)] for p in with_grad)
         nonfinite = stats.nonfinite if stats.nonfinite is not None else (~torch.isfinite(stats.maxabs)).float()
         self.pending = (idx, stats.norm.to(self.device), stats.maxabs.to(self.device),

@@ -1,85 +1,134 @@
 """GPU benchmark: fused Triton clip-norm vs torch's foreach ``clip_grad_norm_`` (run on a CUDA machine).
 
-    python benchmarks/gpu_clip.py            # 125M and 1B shapes, fp32 and bf16
+    python benchmarks/gpu_clip.py            # BERT-base (fp32, bf16), LLaMA-7B (bf16) and 5000 small tensors
 
-For each case it prints the median time (``triton.testing.do_bench``), the achieved bandwidth
-(bytes that must move / time) and the ratio to the bandwidth floor (those bytes / the measured
-device-to-device copy bandwidth). Bytes that must move, N = grad bytes:
-  no-clip: fused = 1N read (the scale pass exits at once); torch = 1N read (norm) + 2N (mul by 1.0).
-  clip:    fused = 1N read + 1N read + 1N write = 3N; torch = the same 3 passes, 3N.
-  fold:    fused = 1N read (the scale is folded into a fused AdamW step).
+Rows, for both implementations on the same gradients:
+
+* ``read``: the norm alone (``get_total_norm``), 1N bytes (N = the gradients' bytes);
+* ``no-clip``: ``clip_grad_norm_`` with max_norm = 1e30 (coef = 1): fused 1N (its scale programs exit at
+  once), torch 3N (it multiplies by 1.0);
+* ``clip``: max_norm = 0, so the coefficient is 0 at EVERY call and the scale pass really runs (with
+  max_norm = 1 the first call would leave the norm at 1 and the rest would be no-clip steps): 3N both.
+
+``ms`` is the median of ``triton.testing.do_bench`` (``return_mode="median"``, L2 flushed between
+runs); ``x floor`` is ms / (bytes / measured read bandwidth), the read-once floor for 1N rows; ``host us``
+is the CPU time per call of back-to-back calls (Python + launches; the GPU runs behind). Results go to
+stdout and, as JSON, to ``$OUT/gpu_clip.json`` (or ``benchmarks/results/gpu_clip.json``).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import statistics
+import time
+from pathlib import Path
 
 import torch
 
 import gradscope.clip as C
 
 
-def gpt_shapes(d: int, layers: int, vocab: int = 50304, ctx: int = 1024) -> list[tuple]:
-    """GPT-2 style parameter shapes: 125M with (768, 12), about 1B with (2048, 18)."""
-    shapes: list[tuple] = [(vocab, d), (ctx, d)]
-    for _ in range(layers):
-        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,)]
-        shapes += [(4 * d, d), (4 * d,), (d, 4 * d), (d,)]
-    return shapes + [(d,), (d,)]
+def bert_base() -> list[tuple]:
+    s: list[tuple] = [(30522, 768), (512, 768), (2, 768), (768,), (768,)]
+    for _ in range(12):
+        s += [(768, 768), (768,)] * 4 + [(768,), (768,), (3072, 768), (3072,), (768, 3072), (768,), (768,), (768,)]
+    return s + [(768, 768), (768,)]
 
 
-CASES = {"125M": gpt_shapes(768, 12), "1B": gpt_shapes(2048, 18)}
+def llama7b() -> list[tuple]:
+    s: list[tuple] = [(32000, 4096)]
+    for _ in range(32):
+        s += [(4096, 4096)] * 4 + [(11008, 4096), (11008, 4096), (4096, 11008), (4096,), (4096,)]
+    return s + [(4096,), (32000, 4096)]
 
 
-def copy_bandwidth(nbytes: int, do_bench) -> float:
-    """Device copy bandwidth in bytes/s (read + write counted)."""
-    a = torch.empty(nbytes // 4, device="cuda")
-    b = torch.empty_like(a)
-    ms = do_bench(lambda: b.copy_(a))
-    return 2 * a.numel() * 4 / (ms * 1e-3)
+CASES = [("bert-base", bert_base(), torch.float32), ("bert-base", bert_base(), torch.bfloat16),
+         ("llama-7b", llama7b(), torch.bfloat16), ("5000x4096", [(4096,)] * 5000, torch.float32)]  # fmt: skip
+
+
+def read_bandwidth(do_bench) -> float:
+    """Device read bandwidth in bytes/s: a 4 GiB fp32 sum (reads once, writes one number)."""
+    x = torch.randn(1 << 30, device="cuda")
+    ms = do_bench(x.sum, return_mode="median")
+    return (1 << 30) * 4 / (ms * 1e-3)
 
 
 def make_params(shapes, dtype) -> list[torch.nn.Parameter]:
+    gen = torch.Generator(device="cuda").manual_seed(0)
     ps = []
     for s in shapes:
-        p = torch.nn.Parameter(torch.empty(s, device="cuda", dtype=dtype))
-        p.grad = torch.randn(s, device="cuda", dtype=dtype)
+        p = torch.nn.Parameter(torch.empty(1, device="cuda", dtype=dtype).expand(s))  # no weight memory
+        p.grad = torch.randn(s, device="cuda", dtype=torch.float32, generator=gen).to(dtype)
         ps.append(p)
     return ps
 
 
-def bench_pair(params, max_norm: float, do_bench) -> dict[str, float]:
-    """Median ms of torch's foreach clip and the fused clip on the same grads."""
-    return {
-        "torch": do_bench(lambda: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)),
-        "fused": do_bench(lambda: C.clip_grad_norm_(params, max_norm, backend="triton")),
-    }
+def host_us(fn, reps: int = 50) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    host = (time.perf_counter() - t0) / reps * 1e6
+    torch.cuda.synchronize()
+    return host
+
+
+def rows_for(params, do_bench) -> list[tuple[str, str, float, float, int]]:
+    grads = [p.grad for p in params]
+    impls = [
+        ("read", "fused", lambda: C.get_total_norm(grads, backend="triton"), 1),
+        ("read", "torch", lambda: torch.nn.utils.get_total_norm(grads, foreach=True), 1),
+        ("no-clip", "fused", lambda: C.clip_grad_norm_(params, 1e30, backend="triton"), 1),
+        ("no-clip", "torch", lambda: torch.nn.utils.clip_grad_norm_(params, 1e30, foreach=True), 3),
+        ("clip", "fused", lambda: C.clip_grad_norm_(params, 0.0, backend="triton"), 3),
+        ("clip", "torch", lambda: torch.nn.utils.clip_grad_norm_(params, 0.0, foreach=True), 3),
+    ]
+    out = []
+    for step, impl, fn, passes in impls:
+        ms = do_bench(fn, return_mode="median")
+        out.append((step, impl, ms, host_us(fn), passes))
+    # the clip rows clipped: after them every grad is 0 (coef 0), the norm is 0
+    assert float(C.get_total_norm(grads, backend="torch")) == 0.0
+    return out
 
 
 def main() -> None:
     import triton.testing
 
-    do_bench = triton.testing.do_bench  # median of repeated runs, with L2 flushes
-    bw = copy_bandwidth(1 << 30, do_bench)
-    print(f"device: {torch.cuda.get_device_name()}  copy bandwidth: {bw / 1e9:.0f} GB/s")
-    print(f"{'case':<22}{'impl':<10}{'ms':>9}{'GB/s':>9}{'floor ms':>10}{'x floor':>9}{'vs torch':>10}")
-    for name, shapes in CASES.items():
+    do_bench = triton.testing.do_bench
+    bw = read_bandwidth(do_bench)
+    name = torch.cuda.get_device_name()
+    print(f"device: {name}  measured read bandwidth: {bw / 1e9:.0f} GB/s")
+    print(f"{'case':<18}{'T':>6}{'GB':>7}  {'step':<8}{'impl':<6}{'ms':>9}{'GB/s':>8}{'x floor':>9}"
+          f"{'host us':>9}{'x torch':>9}")
+    results = []
+    mem = torch.cuda.get_device_properties(0).total_memory
+    for cname, shapes, dtype in CASES:
         n = sum(math.prod(s) for s in shapes)
-        for dtype in (torch.float32, torch.bfloat16):
-            params = make_params(shapes, dtype)
-            nbytes = n * params[0].element_size()
-            for step, max_norm, passes in (("noclip", 1e30, (1, 3)), ("clip", 1.0, (3, 3))):
-                times = bench_pair(params, max_norm, do_bench)
-                for impl, k in zip(("fused", "torch"), passes, strict=True):
-                    ms, moved = times[impl], k * nbytes
-                    floor = moved / bw * 1e3
-                    label = f"{name} {str(dtype)[6:]} {step}"
-                    print(
-                        f"{label:<22}{impl:<10}{ms:9.3f}{moved / (ms * 1e-3) / 1e9:9.0f}{floor:10.3f}"
-                        f"{ms / floor:9.2f}{times['torch'] / ms:10.2f}"
-                    )
-            del params
-            torch.cuda.empty_cache()
+        if n * torch.empty((), dtype=dtype).element_size() * 2.5 > mem:
+            continue
+        params = make_params(shapes, dtype)
+        nbytes = n * params[0].grad.element_size()
+        rows = rows_for(params, do_bench)
+        by = {(s, i): ms for s, i, ms, _, _ in rows}
+        for step, impl, ms, host, passes in rows:
+            floor = passes * nbytes / bw * 1e3
+            vs = by[(step, "torch")] / ms
+            label = f"{cname} {str(dtype)[6:]}"
+            print(f"{label:<18}{len(shapes):>6}{nbytes / 1e9:>7.2f}  {step:<8}{impl:<6}{ms:9.3f}"
+                  f"{passes * nbytes / (ms * 1e-3) / 1e9:8.0f}{ms / floor:9.2f}{host:9.1f}{vs:9.2f}")  # fmt: skip
+            results.append({"case": label, "tensors": len(shapes), "bytes": nbytes, "step": step, "impl": impl,
+                            "median_ms": ms, "host_us": host, "bytes_model": f"{passes}N",
+                            "x_floor": ms / floor, "x_torch": vs})  # fmt: skip
+        del params
+        torch.cuda.empty_cache()
+    fused_noclip = [r["x_torch"] for r in results if r["step"] == "no-clip" and r["impl"] == "fused"]
+    print(f"no-clip speed-up over torch foreach: median {statistics.median(fused_noclip):.2f}x")
+    out_dir = Path(os.environ.get("OUT") or Path(__file__).parent / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "gpu_clip.json").write_text(json.dumps({"device": name, "read_bw": bw, "rows": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ def resolve(backend: str, grads: Sequence[Tensor], norm_type: float = 2.0) -> st
     return "triton"
 
 
+@functools.cache
 def _kernels():
     from gradscope._optional import require
 

@@ -66,6 +66,6 @@ class Grads(list):
 
 def grads_of(params: list[Tensor]) -> list[Tensor]:
     """The gradients of ``params`` that exist, in order."""
-    out = Grads(p.grad for p in params if p.grad is not None)
+    out = Grads([p.grad for p in params if p.grad is not None])
     out.plan = None
     return out

@@ -41,7 +41,7 @@ if [ "${GPU_VALIDATE_CPU:-0}" = 1 ]; then
 else
   export GV_DEVICE=cuda TRITON_INTERPRET=0
 fi
-[ -f pyproject.toml ] && grep -q 'name = "gradscope"' pyproject.toml || { echo "run from the gradscope project root"; exit 2; }
+[ -f pyproject.toml ] && [ -f src/gradscope/__init__.py ] || { echo "run from the gradscope project root"; exit 2; }
 
 cat > "$PYDIR/gv.py" <<'PY'
 """gpu_validate.sh's Python: python gv.py SECTION (writes $GV_OUT/SECTION.json)."""

@@ -213,3 +213,19 @@ def test_unsupported_inputs_raise():
 def test_empty_list():
     out = K.clip_norm_([], 1.0)
     assert float(out.total) == 0.0 and float(out.coef) == 1.0 and out.norm.numel() == 0
+
+
+def test_default_device_does_not_leak_into_the_tables():
+    """Under torch.set_default_device(...) the address table is still built on the CPU (then pinned and copied
+    on CUDA) and the layout on the grads' device; "meta" would break any table that followed the default."""
+    grads = make_grads([300, 17], torch.float32)
+    expected = f64_stats(grads, 2.0)
+    K._PLANS.clear()
+    K._LAYOUTS.clear()
+    torch.set_default_device("meta")
+    try:
+        out = K.clip_norm_(grads, 1e9, chunk=CHUNK)
+    finally:
+        torch.set_default_device(None)
+    assert out.total.device == grads[0].device
+    assert_close(out.total, expected["total"], 1e-5)

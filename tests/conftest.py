@@ -20,7 +20,13 @@ _SYNC_METHODS = {
 }
 
 
-_FROM_HOST = {torch.tensor, torch.as_tensor}
+_FROM_HOST = {torch.tensor, torch.as_tensor, torch.asarray, torch.Tensor.new_tensor}
+_PYTHON_DATA = (bool, int, float, complex, list, tuple)
+
+
+def _python_setitem(func, args) -> bool:
+    """``t[i] = 0.5``: on an accelerator the Python value becomes a host tensor copied to the device."""
+    return func is torch.Tensor.__setitem__ and len(args) >= 3 and isinstance(args[2], _PYTHON_DATA)
 
 
 class NoHostSync(TorchFunctionMode):
@@ -28,8 +34,10 @@ class NoHostSync(TorchFunctionMode):
 
     Calls made by torch or the test itself are allowed; a call is attributed to gradscope when a
     frame of the gradscope package is on the stack. ``scope._in_flush`` marks the one allowed place.
-    Tensors built from Python data (``torch.tensor``) are host-to-device copies on an accelerator,
-    which wait for the queued work: allowed while the first two steps set up caches, not after.
+    Host-to-device copies of Python data wait for the queued work on an accelerator: tensors built
+    from Python data (``torch.tensor``, ``as_tensor``, ``asarray``, ``new_tensor``) and Python scalars
+    written into a tensor (``t[i] = 0.5``). They are allowed while the first two steps set up
+    caches, not after; on the CPU they are plain writes, so the guard is what sees them there.
     """
 
     def __init__(self, scope: gradscope.Scope) -> None:
@@ -41,7 +49,7 @@ class NoHostSync(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         steady = self.scope.step_index >= 2
         if func in _SYNC_METHODS or getattr(func, "__name__", "") in ("item", "tolist", "numpy") or (
-                func in _FROM_HOST and steady):
+                steady and (func in _FROM_HOST or _python_setitem(func, args))):
             self.checked += 1
             stack = traceback.extract_stack()
             ours = [f for f in stack if f.filename.startswith(PKG_DIR)]

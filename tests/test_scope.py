@@ -169,6 +169,66 @@ def test_no_host_sync_guard_catches_a_sync(run_dir, no_host_sync):
     assert mode.violations, "the guard missed an .item() call in gradscope code"
 
 
+def test_no_host_sync_guard_catches_python_scalar_writes(run_dir, no_host_sync):
+    """Negative control: a Python number written into a device tensor (``t[i] = lr``) is a blocking
+    host-to-device copy on an accelerator; the guard sees it (the buffers keep such numbers on the host)."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scope = gradscope.watch(model, opt, log_dir=run_dir)
+    buffers = scope._buffers
+
+    def put_into_device_tensor(name, slot, value):
+        t = buffers._scalars.setdefault(name, torch.full((buffers.capacity,), torch.nan))
+        t[slot] = value
+
+    buffers.put_scalar = put_into_device_tensor
+    mode = no_host_sync(scope)
+    with mode:
+        train(model, opt, scope, 4)
+    scope.close()
+    assert any("__setitem__" in v for v in mode.violations), mode.violations
+
+
+def test_torch_clip_generic_path_does_not_copy_python_data_per_step(run_dir, no_host_sync, monkeypatch):
+    """The torch-backend clip off the CPU path (any other device) with a Scope listening: no tensor
+    built from Python data per step (forced here on the CPU by declining the CPU path)."""
+    from gradscope import clip
+
+    monkeypatch.setattr(clip.cpu, "fits", lambda grads, p: False)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scope = gradscope.watch(model, opt, log_dir=run_dir)
+    mode = no_host_sync(scope)
+    with mode:
+        for _ in range(5):
+            x, y = batch()
+            ((model(x) - y) ** 2).mean().backward()
+            clip.clip_grad_norm_(model.parameters(), 0.1, backend="torch")
+            opt.step()
+            opt.zero_grad()
+    scope.close()
+    # reference.scale_ reads a CPU coefficient with .item() (no device there): the CPU stand-in's only sync
+    assert [v for v in mode.violations if not v.startswith("item from") or "reference.py" not in v] == []
+    assert any("reference.py" in v for v in mode.violations), "the guard did not see the clip run"
+    run = gradscope.load_run(run_dir)
+    assert run.num_steps == 5 and np.isfinite(run.metric("param", "grad_max")).all()
+
+
+def test_scalars_logged_as_numbers_and_tensors_under_one_name(run_dir):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt, log_dir=run_dir, flush_every=2) as scope:
+        for i in range(5):
+            x, y = batch()
+            ((model(x) - y) ** 2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            scope.log(acc=torch.tensor(i / 10) if i % 2 else i / 10)
+    run = gradscope.load_run(run_dir)
+    np.testing.assert_allclose(run.scalars["acc"], [0.0, 0.1, 0.2, 0.3, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(run.scalars["lr"], [0.1] * 5, rtol=1e-6)
+
+
 def test_no_host_sync_guard_catches_per_step_index_building(run_dir, no_host_sync):
     """Negative control: scatter indices rebuilt from Python lists every step would be a
     host-to-device copy per step on an accelerator; the guard sees them."""

@@ -6,6 +6,7 @@ device tensors: nothing calls ``.item()`` or branches on a device value.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -101,8 +102,15 @@ def grad_stats(tensors: Sequence[Tensor], exact_nonfinite: bool = True) -> tuple
         return norm, maxabs, (~torch.isfinite(maxabs)).to(torch.float32)
     out_device = tensors[0].device
     finite = torch.stack([torch.isfinite(t).sum().to(out_device) for t in tensors])
-    numel = torch.tensor([t.numel() for t in tensors], device=out_device)
+    numel = _numels(tuple(t.numel() for t in tensors), out_device)
     return norm, maxabs, (numel - finite).to(torch.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _numels(numels: tuple[int, ...], device: torch.device) -> Tensor:
+    """Element counts as a device vector, built once per layout: a tensor made from a Python list is
+    a host-to-device copy, which on an accelerator waits for the queued work."""
+    return torch.tensor(numels, device=device)
 
 
 def sumsq(y: Tensor) -> Tensor:

@@ -2,7 +2,8 @@
 
 Each metric is a [capacity x rows] float32 tensor on the watched model's device, NaN where nothing
 was recorded. Writing a step is an indexed copy on the device; only ``take`` moves data to the host,
-once per ``capacity`` steps.
+once per ``capacity`` steps. Scalars given as Python numbers (the learning rate, ``scope.log(acc=0.9)``)
+stay on the host: writing one into a device tensor would be a blocking host-to-device copy.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class StepBuffers:
         self.steps: list[int] = []
         self._metrics: dict[str, Tensor] = {}
         self._scalars: dict[str, Tensor] = {}
+        self._host_scalars: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -69,14 +71,18 @@ class StepBuffers:
             row.index_copy_(0, cols, values.to(row.dtype))
 
     def put_scalar(self, name: str, slot: int, value: Tensor | float) -> None:
+        """A per-step scalar: a tensor is copied on its device, a Python number stays on the host."""
+        if not isinstance(value, Tensor):
+            host = self._host_scalars.get(name)
+            if host is None:
+                host = self._host_scalars[name] = np.full(self.capacity, np.nan, dtype=np.float32)
+            host[slot] = value
+            return
         t = self._scalars.get(name)
         if t is None:
             t = torch.full((self.capacity,), torch.nan, device=self.device)
             self._scalars[name] = t
-        if isinstance(value, Tensor):
-            t[slot].copy_(value.detach().reshape(()))
-        else:
-            t[slot] = value
+        t[slot].copy_(value.detach().reshape(()))
 
     def filled(self) -> dict[str, Tensor]:
         """Views of the filled slots of every metric array (for in-place reductions before take)."""
@@ -93,9 +99,11 @@ class StepBuffers:
         steps = np.asarray(self.steps, dtype=np.int64)
         named = {k: v[:n] for k, v in self._metrics.items()}
         named.update({fmt.scalar_key(k): v[:n] for k, v in self._scalars.items()})
+        host_scalars = {fmt.scalar_key(k): v[:n] for k, v in self._host_scalars.items()}
         self.steps = []
         self._metrics = {}
         self._scalars = {}
+        self._host_scalars = {}
         if self.device.type == "cuda":
             host = {k: v.to("cpu", non_blocking=True) for k, v in named.items()}
             event = torch.cuda.Event()
@@ -108,6 +116,8 @@ class StepBuffers:
                 event.synchronize()  # waits on the writer thread, never on the training thread
             out = {"step": steps}
             out.update({k: v.numpy().astype(np.float32, copy=False) for k, v in host.items()})
+            for k, values in host_scalars.items():  # a name logged as tensors on some steps, numbers on others
+                out[k] = np.where(np.isnan(values), out[k], values) if k in out else values
             return out
 
         return finish

@@ -8,7 +8,6 @@ recorded global norm must equal it at every optimizer step.
 from __future__ import annotations
 
 import csv
-import warnings
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from gradscope.integrations.lightning import GradScopeCallback  # noqa: E402
 
 STEPS, ACCUM, BATCH, CLIP = 6, 2, 8, 0.5
 
-warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|GPU available).*")
+pytestmark = pytest.mark.filterwarnings("ignore:.*(does not have many workers|LeafSpec|GPU available)")
 
 
 def loader(n: int = 96, seed: int = 0) -> torch.utils.data.DataLoader:

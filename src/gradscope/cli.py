@@ -32,6 +32,9 @@ def main() -> None:
 
     Record a run with gradscope.watch(model, optimizer, log_dir=RUN), then inspect it here.
     """
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 file or row name prints as an escape
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 MAX_DEPTH = 4  # how deep analyze looks for runs inside a directory (an output_dir, a sweep root)

@@ -28,6 +28,12 @@ def _figure(w: float, h: float) -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    from matplotlib.text import Text
+
+    from gradscope.run.format import printable
+
+    for text in fig.findobj(Text):  # a non-UTF-8 run or row name would stop the font renderer
+        text.set_text(printable(text.get_text()))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path

@@ -19,7 +19,7 @@ import numpy as np
 from gradscope.run import chunks as chunks_mod
 from gradscope.run import format as fmt
 from gradscope.run import merged
-from gradscope.run.reader import RunError, _read_manifest, _started, open_checked_merged
+from gradscope.run.reader import RunError, _read_manifest, _started, check_size, open_checked_merged, spec_bytes
 
 BLOCK_BYTES = 64 << 20  # rows are written in blocks of about this size
 
@@ -50,6 +50,8 @@ def compact_run(path: str | os.PathLike[str]) -> bool:
     except (OSError, ValueError):
         return False
     spec = _spec(old, tail, widths)
+    held = [c.path for c in tail] + ([path / merged.DIR / n for n in old.names.values()] if old else [])
+    check_size(path, spec_bytes({k: (shape, dtype) for k, (shape, dtype) in spec.items()}), held)
     out_dir = path / merged.DIR
     _check_out_dir(out_dir)
     out_dir.mkdir(exist_ok=True)

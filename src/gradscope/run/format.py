@@ -47,6 +47,20 @@ def scalar_key(name: str) -> str:
     return f"scalar/{name}"
 
 
+def printable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates from a non-UTF-8 file name or a JSON
+    ``\\udcff`` escape) written as a backslash escape, so that every output can print it."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:  # a file name's undecodable bytes: show them as \\xff
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class Row:
     """One thing measured over steps: a parameter, a module's output, or the gradient into that output."""
@@ -70,9 +84,9 @@ class Row:
         if not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):
             raise ValueError(f"row {d['name']!r} has a malformed shape {shape!r}")
         return cls(
-            name=d["name"],
+            name=printable(d["name"]),
             kind=d["kind"],
-            module_type=str(d.get("module_type", "")),
+            module_type=printable(str(d.get("module_type", ""))),
             shape=shape,
             depth=depth if isinstance(depth, int) else None,
             trainable=bool(d.get("trainable", True)),

@@ -59,6 +59,8 @@ def read_index(run_dir: Path) -> dict[str, Any] | None:
         index = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError("is not valid JSON (nested too deeply)") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
         raise ValueError(f"is not a version-{VERSION} {FORMAT} index")
     steps, upto, arrays = index.get("steps"), index.get("chunks_upto"), index.get("arrays")

@@ -6,6 +6,7 @@ here unpickles: chunks load with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import warnings
@@ -86,17 +87,26 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise RunError(f"{path} is not a directory: pass a run directory written by gradscope.watch(...)")
     mpath = path / fmt.MANIFEST
-    if not mpath.is_file():
+    if not os.path.lexists(mpath):
         raise RunError(
             f"{path} has no {fmt.MANIFEST}: is this a gradscope run directory? "
             f"Create one with gradscope.watch(..., log_dir={str(path)!r})"
         )
     try:
-        if mpath.stat().st_size > 64 << 20:
-            raise RunError(f"{mpath} is larger than 64 MiB: not a gradscope manifest")
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{mpath} is corrupt ({exc}); the run cannot be read without it") from exc
+        fd, size = npyfile.open_regular(mpath)
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{mpath} cannot be read ({exc}): gradscope writes it as a regular file") from None
+    try:
+        if size > MAX_MANIFEST_BYTES:
+            raise RunError(f"{mpath} is {size} bytes, larger than any manifest gradscope writes "
+                           f"({MAX_MANIFEST_BYTES >> 20} MiB): not a gradscope manifest")
+        manifest = json.loads(npyfile.pread_exact(fd, size, 0).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunError(f"{mpath} is corrupt ({exc}); the run cannot be read without it") from None
+    except RecursionError:
+        raise RunError(f"{mpath} is corrupt (nested too deeply); the run cannot be read without it") from None
+    finally:
+        os.close(fd)
     if not isinstance(manifest, dict) or manifest.get("format") != "gradscope-run":
         raise RunError(f"{mpath} is not a gradscope manifest (no 'format': 'gradscope-run')")
     schema = manifest.get("schema")
@@ -110,7 +120,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-MAX_EVENTS_BYTES = 256 << 20
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_EVENTS_BYTES = 64 << 20  # read at most this much of events.jsonl ...
+MAX_EVENT_LINES = 500_000  # ... and at most this many lines (a run writes a few events per step at most)
+MAX_EVENT_LINE = 1 << 20
 
 
 def _read_events(path: Path, msgs: list[str]) -> list[dict[str, Any]]:
@@ -122,21 +135,40 @@ def _read_events(path: Path, msgs: list[str]) -> list[dict[str, Any]]:
     except (OSError, ValueError) as exc:
         _warn(msgs, f"{file}: skipped the events ({exc})")
         return []
-    if size > MAX_EVENTS_BYTES:
-        _warn(msgs, f"{file}: is {size} bytes; read only the first {MAX_EVENTS_BYTES >> 20} MiB of events")
-    events = []
-    with open(fd, encoding="utf-8", errors="replace") as f:
-        text = f.read(MAX_EVENTS_BYTES)
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            ev = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            _warn(msgs, f"{file}:{lineno}: skipped a torn or corrupt event line")
-            continue
-        if isinstance(ev, dict):
-            events.append(ev)
+    events: list[dict[str, Any]] = []
+    skipped = corrupt = 0
+    with open(fd, "rb") as f:
+        for lineno in itertools.count(1):
+            if f.tell() >= MAX_EVENTS_BYTES or lineno > MAX_EVENT_LINES:
+                if f.read(1):
+                    _warn(msgs, f"{file}: read only the first {lineno - 1} lines "
+                                f"({f.tell() / 2**20:.1f} MiB); the rest is ignored")
+                break
+            line = f.readline(MAX_EVENT_LINE)
+            if not line:
+                break
+            if not line.endswith(b"\n") and len(line) == MAX_EVENT_LINE:
+                while (rest := f.readline(MAX_EVENT_LINE)) and not rest.endswith(b"\n"):
+                    pass  # an overlong line: skipped whole
+                corrupt += 1
+                continue
+            if not line.strip():
+                continue
+            try:
+                ev = json.loads(line.decode("utf-8", errors="replace"))
+            except (ValueError, RecursionError):
+                corrupt += 1
+                if corrupt == 1:
+                    _warn(msgs, f"{file}:{lineno}: skipped a torn or corrupt event line")
+                continue
+            if isinstance(ev, dict) and isinstance(ev.get("kind"), str):
+                events.append(ev)
+            else:
+                skipped += 1
+    if corrupt > 1:
+        _warn(msgs, f"{file}: skipped {corrupt} torn or corrupt event lines in all")
+    if skipped:
+        _warn(msgs, f"{file}: skipped {skipped} lines that are not gradscope events (no 'kind')")
     return events
 
 
@@ -185,12 +217,16 @@ def read_tables(path: Path, manifest: dict[str, Any], widths: dict[str, int],
         old = None
     upto = old.upto if old is not None else 0
     tail = _scan(path, widths, upto, msgs)
+    merged_files = [path / merged.DIR / name for name in old.names.values()] if old is not None else []
     if old is not None and not tail:
+        n = old.steps
+        check_size(path, 12 * n + 4 * n * sum(len(fmt.METRICS[k]) * widths[k] for k in fmt.KINDS), merged_files)
         return _complete(old.arrays, widths)
     spec = chunks_mod.layout(tail, widths)
     head = 0 if old is None else old.steps
     if old is not None:
         spec = _with_head(spec, old.arrays, head, widths)
+    check_size(path, spec_bytes(spec), merged_files + [c.path for c in tail])
     out = chunks_mod.allocate(spec)
     if old is not None:
         for key, arr in old.arrays.items():
@@ -208,6 +244,44 @@ def read_tables(path: Path, manifest: dict[str, Any], widths: dict[str, int],
             _warn(msgs, f"{c.path}: skipped an unreadable chunk ({exc})")
         out = {k: v[~bad] for k, v in out.items()}
     return out
+
+
+MIN_READ_BYTES = 256 << 20  # a run may always unpack to this much in memory ...
+READ_FACTOR = 8  # ... or to this many times the bytes its files hold on disk
+
+
+def spec_bytes(spec: dict[str, Any]) -> int:
+    """Bytes of the arrays a layout spec (key -> (shape, dtype, ...)) describes."""
+    total = 0
+    for shape, dtype, *_ in spec.values():
+        n = np.dtype(dtype).itemsize
+        for d in shape:
+            n *= int(d)
+        total += n
+    return total
+
+
+def _on_disk(file: Path) -> int:
+    """Bytes ``file`` really holds: its size, or less for a sparse file (allocated blocks)."""
+    try:
+        st = os.stat(file, follow_symlinks=False)
+    except OSError:
+        return 0
+    blocks = getattr(st, "st_blocks", None)
+    return st.st_size if blocks is None else min(st.st_size, blocks * 512)
+
+
+def check_size(path: Path, needed: int, files: list[Path]) -> None:
+    """Refuse a run whose arrays would take far more memory than its files hold on disk: headers that
+    declare huge arrays in sparse or tiny files are damage (or an attack), never gradscope's output."""
+    if needed <= MIN_READ_BYTES:
+        return
+    held = sum(_on_disk(f) for f in files)
+    if needed > READ_FACTOR * held:
+        raise RunError(
+            f"{path}: its chunks declare {needed / 2**30:.1f} GiB of statistics but its files hold only "
+            f"{held / 2**20:.1f} MiB of data (sparse or damaged files?): this is not a run gradscope wrote; "
+            "re-record it, or remove the damaged chunks/ and merged/ files")
 
 
 def _started(manifest: dict[str, Any]) -> Any:

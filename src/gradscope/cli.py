@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import os
 import sys
 from pathlib import Path
 
@@ -38,28 +40,39 @@ def main() -> None:
 
 
 MAX_DEPTH = 4  # how deep analyze looks for runs inside a directory (an output_dir, a sweep root)
+MAX_ENTRIES = 20_000  # directory entries looked at, at most: `analyze /` must not walk the whole disk
 
 
 def _find_runs(root: Path) -> tuple[list[Path], list[Path]]:
     """Gradscope run directories (holding manifest.json) and foreign TensorBoard log directories
-    (holding event files, outside any gradscope run) at or below ``root``, sorted."""
+    (holding event files, outside any gradscope run) at or below ``root``, breadth first, sorted.
+    Raises RunError for an event file that is not a regular file (a FIFO would hang the reader)."""
     from gradscope.run import format as fmt
 
     runs, logs = [], []
-    stack = [(root, 0)]
-    while stack:
-        path, depth = stack.pop()
+    todo, seen = collections.deque([(root, 0)]), 0
+    while todo:
+        path, depth = todo.popleft()
         if (path / fmt.MANIFEST).is_file():
             runs.append(path)  # a run's own tb/ mirror is part of it, not a foreign log
             continue
         try:
-            children = sorted(path.iterdir())
+            with os.scandir(path) as it:
+                children = sorted(it, key=lambda e: e.name)
         except OSError:
             continue
-        if any(c.name.startswith("events.out.tfevents.") and c.is_file() for c in children):
+        seen += len(children)
+        if seen > MAX_ENTRIES:
+            break
+        events = [c for c in children if c.name.startswith("events.out.tfevents.")]
+        bad = [c.path for c in events if not c.is_file()]
+        if bad:
+            raise RunError(f"{bad[0]} is not a regular file (a FIFO or a device?): gradscope reads only "
+                           "regular TensorBoard event files; remove it")
+        if events:
             logs.append(path)
         if depth < MAX_DEPTH:
-            stack.extend((c, depth + 1) for c in children if c.is_dir() and not c.is_symlink())
+            todo.extend((Path(c.path), depth + 1) for c in children if c.is_dir(follow_symlinks=False))
     return sorted(runs), sorted(logs)
 
 
@@ -68,7 +81,7 @@ def _expand(path: Path) -> list[tuple[str, Path]]:
     output_dir, a directory of runs); else every TensorBoard log inside it."""
     from gradscope.run import format as fmt
 
-    if not path.is_dir() or (path / fmt.MANIFEST).exists():
+    if not path.is_dir() or os.path.lexists(path / fmt.MANIFEST):
         return [("run", path)]
     runs, logs = _find_runs(path)
     if runs:
@@ -107,7 +120,11 @@ def _load_runs(paths: tuple[Path, ...]) -> list:  # noqa: ANN202 (Run, imported 
 
     runs = []
     for given in paths:
-        for kind, path in _expand(given):
+        try:
+            found = _expand(given)
+        except RunError as exc:
+            fail(str(exc))
+        for kind, path in found:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -121,11 +138,29 @@ def _load_runs(paths: tuple[Path, ...]) -> list:  # noqa: ANN202 (Run, imported 
     return runs
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _check_config_file(path: Path) -> None:
+    """--config must be a small regular file: a FIFO would block, /dev/zero would never end."""
+    from gradscope.run.npyfile import open_regular
+
+    try:
+        fd, size = open_regular(path)
+    except (OSError, ValueError) as exc:
+        fail(f"--config {path}: cannot be read ({exc}); pass a JSON or TOML file")
+    os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        fail(f"--config {path} is {size} bytes; a threshold file is a few lines of JSON or TOML")
+
+
 def _analyze_config(sets: tuple[str, ...], config: Path | None) -> dict:
     """Thresholds from --config FILE then --set KEY=VALUE (later wins); exit 2 on any bad key."""
     from gradscope.diagnose import resolve_config
     from gradscope.diagnose.config import ConfigError, flatten, load_file, parse_set
 
+    if config is not None:
+        _check_config_file(config)
     try:
         overrides = flatten(load_file(config)) if config is not None else {}
         overrides.update(parse_set(sets))

@@ -12,6 +12,7 @@ Other tags keep their names; gradscope's per-layer tags are skipped.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 from pathlib import Path
@@ -35,10 +36,41 @@ CHECKED = ("loss", "grad_norm", "amp_skipped")  # names a detector reads; lr alo
 _COMPILED = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in TAG_RULES]
 
 
+MAX_DEPTH = 4  # a log root, its runs, their sub-runs: deep enough for Trainer, Lightning, SummaryWriter
+MAX_ENTRIES = 20_000  # directory entries looked at, at most (`analyze /` must not walk the disk)
+
+
+def event_files(root: Path) -> list[Path]:
+    """Event files (``*tfevents*``) under ``root``, breadth first, at most MAX_DEPTH levels down and
+    MAX_ENTRIES entries looked at; links to directories are not followed. Raises RunError for an event
+    file that is not a regular file (reading a FIFO would hang)."""
+    found: list[Path] = []
+    todo, seen = collections.deque([(root, 0)]), 0
+    while todo:
+        directory, depth = todo.popleft()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            if seen > MAX_ENTRIES:
+                return sorted(found)
+            if entry.is_dir(follow_symlinks=False):
+                if depth < MAX_DEPTH:
+                    todo.append((Path(entry.path), depth + 1))
+            elif "tfevents" in entry.name:
+                if not entry.is_file():
+                    raise RunError(f"{entry.path} is not a regular file (a FIFO or a device?): gradscope reads "
+                                   "only regular TensorBoard event files; remove it")
+                found.append(Path(entry.path))
+    return sorted(found)
+
+
 def _event_dirs(root: Path) -> list[Path]:
     """Directories under ``root`` (itself included) that hold event files, sorted; the layer-group runs
     gradscope writes beside its own (``tb/layers/NN group``) belong to that run and are left out."""
-    found = {p.parent for p in root.rglob("*tfevents*") if p.is_file()}
+    found = {p.parent for p in event_files(root)}
     return sorted(d for d in found if not (d.parent.name == "layers" and d.parent.parent in found))
 
 

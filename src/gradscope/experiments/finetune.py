@@ -165,8 +165,9 @@ def train_finetune(cfg: Config, log_dir: Path, tensorboard: bool | None = False)
     ids, mask, labels = data["train"]
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
+    # live=False: the harness diagnoses each run itself once it is done (runner.py)
     with watch(model, opt, log_dir=log_dir, overwrite=True, flush_every=max(cfg.steps, 1),
-               tensorboard=tensorboard) as scope:
+               tensorboard=tensorboard, live=False) as scope:
         for _ in range(cfg.steps):
             pick = torch.randint(0, labels.shape[0], (min(cfg.batch, labels.shape[0]),), generator=gen)
             loss = nn.functional.cross_entropy(model(ids[pick], mask[pick]), labels[pick])

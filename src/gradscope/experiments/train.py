@@ -56,8 +56,9 @@ def train_mlp(cfg: Config, log_dir: Path, tensorboard: bool | None = False) -> d
     gen = torch.Generator().manual_seed(cfg.seed)
     n = data.x_train.shape[0]
     batch = min(cfg.batch, n)
+    # live=False: the harness diagnoses each run itself once it is done (runner.py)
     with watch(model, opt, log_dir=log_dir, overwrite=True, flush_every=max(cfg.steps, 1),
-               tensorboard=tensorboard) as scope:
+               tensorboard=tensorboard, live=False) as scope:
         for _ in range(cfg.steps):
             idx = torch.randperm(n, generator=gen)[:batch] if batch == n else torch.randint(
                 0, n, (batch,), generator=gen)

@@ -16,6 +16,13 @@ and the final log gets the findings (``gradscope/error``, ``/warning``, ``/info`
 ``gradscope/findings/<kind>`` = 0 info, 1 warning, 2 error), so they reach whatever ``report_to``
 is; the callback places itself before the reporting callbacks for that. Every rank watches, as the
 Scope's distributed reductions need; only world rank 0 writes the run.
+
+Live findings (``watch``'s live diagnosis) are logged by the ``gradscope`` logger; each new one is
+added to the Trainer's ``state.log_history`` (so to ``trainer_state.json``) at the next step as
+``{"gradscope_finding": kind, "severity", "layers", "message", "step"}`` and to its next training
+log as ``gradscope/findings/<kind>`` (so it reaches ``report_to`` while training runs);
+``stop_on="error"`` raises :class:`gradscope.HealthError` out of ``trainer.train()`` at the next
+optimizer step.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ class GradScopeCallback(TrainerCallback):
         self.log_loss, self.overwrite, self.tensorboard = log_loss, overwrite, tensorboard
         self.watch_kwargs = watch_kwargs
         self.scope: Scope | None = None
+        self.live_findings: list[Any] = []  # every live finding reported, in order
+        self._unlogged: list[Any] = []  # appended on gradscope's writer thread, drained here
+        self._unreported: list[Any] = []  # the same, for the next training log
         self._hook: Any = None
         self._loss_sum: torch.Tensor | None = None
         self._loss_n = 0
@@ -101,6 +111,8 @@ class GradScopeCallback(TrainerCallback):
         scaler = getattr(optimizer, "scaler", None)  # accelerate's GradScaler under fp16
         if isinstance(scaler, torch.amp.GradScaler):
             kwargs.setdefault("scaler", scaler)
+        if kwargs.get("live", True):
+            kwargs["on_finding"] = self._forward(kwargs.get("on_finding"))
         self.scope = watch(model, opt, log_dir=base, overwrite=self.overwrite,
                            tensorboard=self.tensorboard, **kwargs)
         self.log_dir = self.scope.log_dir  # base, or base-2, -3 ... (watch()'s one convention)
@@ -139,11 +151,36 @@ class GradScopeCallback(TrainerCallback):
         if state.is_world_process_zero and latest.get("step", -1.0) > self._logged_step:
             self._logged_step = latest["step"]
             logs.update({f"gradscope/{k}": v for k, v in latest.items() if k in HEADLINE})
+        while self._unreported:  # live findings since the last log
+            f = self._unreported.pop(0)
+            key = f"gradscope/findings/{f.kind}"
+            logs[key] = max(float(f.severity.rank), logs.get(key, 0.0))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._log_findings(state)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._close()
+        self._log_findings(state)  # the findings of the complete run
 
     # -- internals --------------------------------------------------------------------------------
+    def _forward(self, user: Any) -> Any:
+        def on_finding(finding: Any) -> None:  # the writer thread: only hand the finding over
+            self.live_findings.append(finding)
+            self._unlogged.append(finding)
+            self._unreported.append(finding)
+            if user is not None:
+                user(finding)
+
+        return on_finding
+
+    def _log_findings(self, state: Any) -> None:
+        while self._unlogged:
+            f = self._unlogged.pop(0)
+            state.log_history.append({"gradscope_finding": f.kind, "severity": f.severity.value,
+                                      "layers": list(f.layers), "message": f.message,
+                                      "step": state.global_step})
+
     def _on_model_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if not module.training or not torch.is_grad_enabled():
             return

@@ -13,7 +13,7 @@ import os
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from gradscope.scope.setup import (
     unwrap_optimizer,
 )
 from gradscope.scope.step import StepState
+from gradscope.scope.stopping import Stopper, check_live
 
 
 class Scope:
@@ -64,10 +65,14 @@ class Scope:
         scaler: torch.amp.GradScaler | None = None,
         compact: bool = True,
         start_step: int = 0,
+        live: bool = True,
+        on_finding: Callable[[Any], Any] | None = None,
+        stop_on: str | Iterable[str] | None = None,
     ) -> None:
         if not isinstance(start_step, int) or isinstance(start_step, bool) or start_step < 0:
             raise ValueError(f"watch(start_step={start_step!r}): must be a whole number >= 0")
         opts, wrapper_scaler = check_args(model, optimizer, every, flush_every, update_every, include, exclude)
+        rule = check_live(live, on_finding, stop_on)
         scaler = scaler if scaler is not None else wrapper_scaler
         self._compiled = hasattr(model, "_orig_mod")
         model = getattr(model, "_orig_mod", model)  # a torch.compile'd module: name rows as the original
@@ -84,7 +89,7 @@ class Scope:
                            keep_dir=given_existed and self.log_dir == Path(log_dir))  # type: ignore[arg-type]
         try:
             self._start(model, opts, include, exclude, every, flush_every, activations, flow, update_every,
-                        tensorboard, scaler, compact, claim)
+                        tensorboard, scaler, compact, claim, (live, on_finding, stop_on, rule))
             self._state.index = start_step
         except BaseException:
             undo()  # a failed watch() leaves no hook and no file behind
@@ -92,7 +97,8 @@ class Scope:
 
     def _start(self, model: nn.Module, opts: list[torch.optim.Optimizer], include: Any, exclude: Any, every: int,
                flush_every: int, activations: bool, flow: bool, update_every: int, tensorboard: bool | None,
-               scaler: torch.amp.GradScaler | None, compact: bool, claim: Any) -> None:
+               scaler: torch.amp.GradScaler | None, compact: bool, claim: Any, live_args: tuple[Any, ...]) -> None:
+        live, on_finding, stop_on, rule = live_args
         self.every, self.flush_every, self.update_every = every, flush_every, update_every
         self.activations, self.flow = activations, flow
         self._model: nn.Module | None = model
@@ -107,10 +113,14 @@ class Scope:
                                            activations=activations, flow=flow, device=self._device)
         self._param_side = ParamRecorder(named, watched, self._state, self._module_side, opts, scaler,
                                          self._device, self._begin_activity, self._mark_stepped, self.event)
+        self._stopper = Stopper.make(self.log_dir, live, on_finding, rule, self._rank0, self._device)
+        sinks = [self._stopper.live] if self._stopper.live is not None else []
         self._writer: RunWriter | NullWriter = (
-            RunWriter(self.log_dir, make_sinks(self.log_dir, tensorboard), compact=compact, claim=claim)
+            RunWriter(self.log_dir, make_sinks(self.log_dir, tensorboard) + sinks, compact=compact, claim=claim)
             if self._rank0 else NullWriter()
         )
+        if self._stopper.live is not None:
+            self._stopper.live.bind(self._writer.submit, self._writer.write_events, self._writer.sinks)
         self._config = {
             "include": list(include) if include is not None else None,
             "exclude": list(exclude) if exclude is not None else None,
@@ -118,6 +128,7 @@ class Scope:
             "activations": activations, "flow": flow, "optimizers": len(opts),
             "model": type(model).__name__, "started": time.time(),
             "world_size": distributed.world_size(), "amp": scaler is not None,
+            "live": live, "stop_on": stop_on if stop_on is None or isinstance(stop_on, str) else sorted(stop_on),
         }
         self._env = fmt.environment()
         self._write_manifest()
@@ -134,7 +145,10 @@ class Scope:
     def log(self, **scalars: Tensor | float) -> None:
         """Record per-step scalars (loss, accuracy, ...). Tensors stay on the device: no sync."""
         state = self._state
-        if state.closed or not state.scheduled():
+        if state.closed:
+            return
+        self._check_stop(at_optimizer=False)
+        if not state.scheduled():
             return
         slot = state.ensure_slot()
         for name, value in scalars.items():
@@ -159,6 +173,7 @@ class Scope:
                                "do not call scope.step() as well")
         if self._state.closed:
             return
+        self._check_stop(at_optimizer=True)
         self._begin_activity()
         if self._state.scheduled():
             self._param_side.record()
@@ -182,6 +197,8 @@ class Scope:
         if state.slot is not None:
             self._commit_step()
         self._flush()
+        if self._stopper.live is not None:  # the last job: diagnose the complete run, on the writer thread
+            self._writer.submit(self._stopper.live.finish)
         state.closed = True
         for h in self._handles:
             h.remove()
@@ -205,6 +222,9 @@ class Scope:
 
         self._latest = summarise(arrays)  # on the writer thread: a new dict, swapped in at once
         return arrays
+    def findings(self) -> list[Any]:
+        """The live findings so far (rank 0; after close: those of ``gradscope analyze`` on the run)."""
+        return self._stopper.findings()
 
     @property
     def write_errors(self) -> list[str]:
@@ -232,6 +252,9 @@ class Scope:
         if self._toggle:
             assert self._model is not None
             self._handles.append(self._model.register_forward_pre_hook(hooks.root_pre_hook(self._on_root_forward)))
+        if self._stopper.rule is not None:  # before the recorder's hooks: stop before any of its work
+            for opt in self._optimizers:
+                self._handles.append(opt.register_step_pre_hook(hooks.optimizer_hook(self._on_optimizer_check)))
         self._param_side.attach_optimizers(self._handles)
         if self._param_side.scaler is None and self._optimizers:
             self._scaler_watch = amp.ScalerStepWatch(self._on_scaler_step)
@@ -291,6 +314,21 @@ class Scope:
         if not hooks.in_backward():
             self._begin_activity()
 
+    # -- stop_on --------------------------------------------------------------------------------
+    def _on_optimizer_check(self, opt: Any) -> None:
+        if not self._state.closed:
+            self._check_stop(at_optimizer=True)
+
+    def _check_stop(self, at_optimizer: bool) -> None:
+        """Raise HealthError when live diagnosis found what ``stop_on`` names: record it, close, raise."""
+        finding = self._stopper.pending(at_optimizer)
+        if finding is None:
+            return
+        err = self._stopper.error(finding, self._state.index)
+        self.event("exception", type=type(err).__name__, message=str(err)[:500], finding=finding.to_json())
+        self.close()
+        raise err
+
     # -- step bookkeeping -----------------------------------------------------------------------
     def _begin_activity(self) -> None:
         if self._state.stepped:
@@ -314,17 +352,20 @@ class Scope:
     def _flush(self) -> None:
         self._in_flush = True  # host copies below are the one deliberate sync point
         state = self._state
+        done, flushed = None, len(self._buffers) > 0
         try:
             if state.rows_dirty:
                 self._write_manifest()
             if len(self._buffers):
                 if distributed.world_size() > 1:
                     distributed.reduce_nonfinite(self._buffers.filled())
-                finish = self._buffers.take()
-                self._writer.submit(lambda: self._writer.write_chunk(self._keep_latest(finish())))
+                take = self._buffers.take()
+                job, done = self._stopper.chunk_job(self._writer, lambda: self._keep_latest(take()))
+                self._writer.submit(job)
             if state.events:
                 events, state.events = state.events, []
                 self._writer.submit(lambda: self._writer.write_events(events))
+            self._stopper.settle(done, flushed)  # stop_on: wait for this flush's verdict (stopping.py)
         finally:
             self._in_flush = False
 
@@ -352,6 +393,9 @@ def watch(
     scaler: torch.amp.GradScaler | None = None,
     compact: bool = True,
     start_step: int = 0,
+    live: bool = True,
+    on_finding: Callable[[Any], Any] | None = None,
+    stop_on: str | Iterable[str] | None = None,
 ) -> Scope:
     """Watch ``model`` (and ``optimizer``): record gradient and activation health to ``log_dir``.
 
@@ -364,9 +408,14 @@ def watch(
     ``start_step`` numbers the first step (a resumed run's global step, so steps match its logs).
     ``optimizer`` may be a framework's wrapper (Lightning's, accelerate's): the torch optimizer inside
     is the one watched, and a GradScaler the wrapper holds is used when ``scaler`` is not given.
+    ``live`` diagnoses the run on the writer thread as it is written: each new finding is logged (the
+    ``gradscope`` logger), added to the run's events and passed to ``on_finding(finding)``; with
+    ``stop_on`` ("error", "warning", a list of finding kinds) the next optimizer step (or
+    ``scope.log``) raises :class:`gradscope.HealthError` and the run is closed with the error in it.
     """
     return Scope(
         model, optimizer, log_dir=log_dir, include=include, exclude=exclude, every=every,
         flush_every=flush_every, activations=activations, flow=flow, update_every=update_every,
         overwrite=overwrite, tensorboard=tensorboard, scaler=scaler, compact=compact, start_step=start_step,
+        live=live, on_finding=on_finding, stop_on=stop_on,
     )

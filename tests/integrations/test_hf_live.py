@@ -33,6 +33,16 @@ class RandomTokens(torch.utils.data.Dataset):
                 "labels": self.labels[i]}
 
 
+class Capture(transformers.TrainerCallback):
+    """A stand-in for a report_to logger: what on_log hands the loggers."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
+        self.logs.append(dict(logs or {}))
+
+
 def train(out, nan_step: int | None, **callback_kwargs):  # noqa: ANN001, ANN201
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
@@ -54,28 +64,35 @@ def train(out, nan_step: int | None, **callback_kwargs):  # noqa: ANN001, ANN201
         learning_rate=5e-3, max_steps=STEPS, logging_steps=1, report_to="none", save_strategy="no",
         use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
     )
-    callback = GradScopeCallback(tensorboard=False, flush_every=2, **callback_kwargs)
-    trainer = Trainer(model=model, args=args, train_dataset=RandomTokens(64, 100, 12), callbacks=[callback])
-    return trainer, callback
+    callback, capture = GradScopeCallback(tensorboard=False, flush_every=2, **callback_kwargs), Capture()
+    trainer = Trainer(model=model, args=args, train_dataset=RandomTokens(64, 100, 12),
+                      callbacks=[callback, capture])
+    return trainer, callback, capture
 
 
 def test_nan_stops_trainer_with_the_planted_layer(tmp_path):
-    trainer, callback = train(tmp_path / "out", NAN_STEP, stop_on="error")
+    trainer, callback, _ = train(tmp_path / "out", NAN_STEP, stop_on="error")
     with pytest.raises(gradscope.HealthError) as info:
         trainer.train()
     err = info.value
-    assert (err.layer, err.phase, err.origin_step) == (LAYER, "forward", NAN_STEP)
-    assert err.step == 4  # flush_every=2: the chunk of steps 2-3 is checked when step 4 begins
+    bad = NAN_STEP + 1  # steps are numbered like the Trainer's global_step, from 1
+    assert (err.layer, err.phase, err.origin_step) == (LAYER, "forward", bad)
+    # The callback flushes at each of the Trainer's logs (logging_steps=1): the step after the NaN stops.
+    assert err.step == bad + 1
     run = gradscope.load_run(callback.log_dir)
-    assert run.num_steps == 4 and any(e["kind"] == "exception" and e["type"] == "HealthError" for e in run.events)
+    assert run.steps.tolist() == list(range(1, bad + 1))
+    assert any(e["kind"] == "exception" and e["type"] == "HealthError" for e in run.events)
 
 
 def test_findings_reach_the_trainer_log_history(tmp_path):
-    trainer, callback = train(tmp_path / "out", NAN_STEP)
+    trainer, callback, capture = train(tmp_path / "out", NAN_STEP)
     trainer.train()  # report only: training goes on
     entries = [h for h in trainer.state.log_history if "gradscope_finding" in h]
     assert [h["gradscope_finding"] for h in entries if h["severity"] == "error"] == ["nonfinite"]
     (nan,) = [h for h in entries if h["gradscope_finding"] == "nonfinite"]
     assert nan["layers"] == [LAYER] and NAN_STEP < nan["step"] <= STEPS
-    assert [f.kind for f in callback.findings] == [h["gradscope_finding"] for h in entries]
+    assert [f.kind for f in callback.live_findings] == [h["gradscope_finding"] for h in entries]
+    # ... and to the Trainer's logs while it trains, so to every report_to logger (severity 2: error)
+    seen = {k: v for logs in capture.logs if "train_runtime" not in logs for k, v in logs.items()}
+    assert seen.get("gradscope/findings/nonfinite") == 2.0
     assert trainer.state.global_step == STEPS

@@ -1,9 +1,34 @@
-"""What the framework callbacks share: the findings summary they log at the end of a run."""
+"""What the framework callbacks share: the findings summary they log at the end of a run, and the
+live findings they hand on while it trains."""
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+class LiveFindings:
+    """``watch(on_finding=...)`` for a callback: keeps each live finding (handed over on gradscope's
+    writer thread) until the training thread ``take``s it, and passes it on to the user's own."""
+
+    def __init__(self, user: Callable[[Any], Any] | None = None) -> None:
+        self.user = user
+        self.seen: list[Any] = []
+        self._new: collections.deque[Any] = collections.deque()
+
+    def __call__(self, finding: Any) -> None:
+        self.seen.append(finding)
+        self._new.append(finding)
+        if self.user is not None:
+            self.user(finding)
+
+    def take(self) -> list[Any]:
+        out = []
+        while self._new:
+            out.append(self._new.popleft())
+        return out
 
 
 def findings_summary(log_dir: Path) -> tuple[dict[str, float], list[Any]]:

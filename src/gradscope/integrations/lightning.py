@@ -13,6 +13,11 @@ automatic accumulation), kept on the device. The headline statistics of each flu
 Trainer's loggers as ``gradscope/<name>``; at the end, the findings' counts (``gradscope/error``,
 ``/warning``, ``/info``) and, for a TensorBoard logger, the findings as text. Every rank watches
 (DDP/FSDP reductions are collectives); only global rank 0 writes and logs.
+
+Live findings (``watch``'s live diagnosis) reach the loggers while the fit runs: after each batch,
+each new one as ``gradscope/findings/<kind>`` (0 info, 1 warning, 2 error) and, for a TensorBoard
+logger, as ``gradscope/finding`` text with its remedy. ``stop_on="error"`` raises
+:class:`gradscope.HealthError` out of ``trainer.fit()`` at the next optimizer step.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ except ImportError:
         require("lightning", "gradscope.integrations.lightning")  # raises, saying what to install
         raise
 
-from gradscope.integrations._common import findings_summary, findings_text
+from gradscope.integrations._common import LiveFindings, findings_summary, findings_text
 from gradscope.scope.core import Scope, watch
 from gradscope.scope.setup import unwrap_optimizer
 
@@ -61,6 +66,7 @@ class GradScopeCallback(Callback):
         self.watch_kwargs = watch_kwargs
         self.scope: Scope | None = None
         self.findings: list[Any] = []
+        self.live: LiveFindings | None = None  # live findings (``live.seen``: all of them)
         self._primary: torch.optim.Optimizer | None = None
         self._loss: torch.Tensor | None = None
         self._logged_step = -1.0
@@ -79,6 +85,9 @@ class GradScopeCallback(Callback):
             kwargs.setdefault("scaler", scaler)
         kwargs.setdefault("flush_every", max(1, int(trainer.log_every_n_steps or 50)))
         kwargs.setdefault("start_step", int(trainer.global_step))
+        self.live = LiveFindings(kwargs.get("on_finding")) if kwargs.get("live", True) else None
+        if self.live is not None:
+            kwargs["on_finding"] = self.live
         self.scope = watch(pl_module, opts, log_dir=base, overwrite=self.overwrite,
                            tensorboard=self.tensorboard, **kwargs)
         self.log_dir = self.scope.log_dir  # base, or base-2, -3 ... (watch()'s one convention)
@@ -102,6 +111,7 @@ class GradScopeCallback(Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.scope is not None and self.log_metrics and trainer.is_global_zero:
             self._log_latest(trainer, self.scope)
+            self._log_live(trainer)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if self.scope is not None:
@@ -126,6 +136,24 @@ class GradScopeCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=int(step))
 
+    def _log_live(self, trainer: Any) -> None:
+        """The live findings since the last batch, to every logger (host values: no sync)."""
+        found = self.live.take() if self.live is not None else []
+        if not found:
+            return
+        step = int(trainer.global_step)
+        metrics: dict[str, float] = {}
+        for f in found:
+            key = f"gradscope/findings/{f.kind}"
+            metrics[key] = max(float(f.severity.rank), metrics.get(key, 0.0))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):  # TensorBoardLogger's SummaryWriter
+                for f in found:
+                    experiment.add_text("gradscope/finding", f"**{f.severity.value}** `{f.kind}`: {f.message}"
+                                        f"\n\nFix: {f.remedy}", global_step=step)
+
     def _close(self, trainer: Any, diagnose: bool = True) -> None:
         scope, self.scope, self._loss = self.scope, None, None
         if scope is None:
@@ -133,6 +161,7 @@ class GradScopeCallback(Callback):
         scope.close()
         if self.log_metrics and trainer.is_global_zero:
             self._log_latest(trainer, scope)  # a closed Scope still answers latest(): its last flush
+            self._log_live(trainer)  # found when the run closed
         if diagnose and trainer.is_global_zero and self.log_dir is not None:
             self._log_findings(trainer)
 

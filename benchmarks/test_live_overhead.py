@@ -134,3 +134,17 @@ def test_long_run_diagnosis_share(benchmark, tmp_path, monkeypatch, min_seconds)
     print(f"\nlong run, MIN_SECONDS={min_seconds}: {result['wall_s']:.1f} s, "
           f"{result['diagnoses_during']} diagnoses during the run, "
           f"{result['busy_s'] * 1e3:.0f} ms in them ({result['share']:.2%} of the wall time)")
+
+
+def test_chunk_check_cost(benchmark):
+    """The per-flush work on the writer thread: the NaN/Inf check of one chunk of 100 steps with 500
+    param rows and 300 act and flow rows (O(chunk), whatever the length of the run)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {"step": np.arange(100), "param/grad_nonfinite": np.zeros((100, 500), np.float32),
+              "act/nonfinite": np.zeros((100, 300), np.float32), "flow/nonfinite": np.zeros((100, 300), np.float32),
+              "scalar/loss": rng.random(100).astype(np.float32), "scalar/grad_norm": rng.random(100).astype(np.float32)}
+    check = live_mod.NonfiniteCheck()
+    benchmark(check, arrays)
+    print(f"\nchunk check, 100 steps x 1100 rows: {benchmark.stats.stats.median * 1e6:.0f} us")

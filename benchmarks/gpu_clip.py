@@ -14,6 +14,9 @@ Rows, for both implementations on the same gradients:
 runs); ``x floor`` is ms / (bytes / measured read bandwidth), the read-once floor for 1N rows; ``host us``
 is the CPU time per call of back-to-back calls (Python + launches; the GPU runs behind). Results go to
 stdout and, as JSON, to ``$OUT/gpu_clip.json`` (or ``benchmarks/results/gpu_clip.json``).
+
+Self-test of the script without a GPU (tiny shapes, interpreter, a plain timer; the figures mean nothing):
+``GPU_CLIP_SMOKE=1 TRITON_INTERPRET=1 python benchmarks/gpu_clip.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from pathlib import Path
 import torch
 
 import gradscope.clip as C
+
+SMOKE = os.environ.get("GPU_CLIP_SMOKE") == "1"
+DEV = "cpu" if SMOKE else "cuda"
 
 
 def bert_base() -> list[tuple]:
@@ -46,32 +52,50 @@ def llama7b() -> list[tuple]:
 
 CASES = [("bert-base", bert_base(), torch.float32), ("bert-base", bert_base(), torch.bfloat16),
          ("llama-7b", llama7b(), torch.bfloat16), ("5000x4096", [(4096,)] * 5000, torch.float32)]  # fmt: skip
+if SMOKE:
+    CASES = [(name, [tuple(max(1, d // 256) for d in s) for s in shapes[:8]], dt) for name, shapes, dt in CASES[:3]]
+
+
+def sync() -> None:
+    if not SMOKE:
+        torch.cuda.synchronize()
+
+
+def smoke_bench(fn, return_mode: str = "median") -> float:
+    """``do_bench``'s stand-in for the CPU self-test: median ms of a few calls."""
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def read_bandwidth(do_bench) -> float:
     """Device read bandwidth in bytes/s: a 4 GiB fp32 sum (reads once, writes one number)."""
-    x = torch.randn(1 << 30, device="cuda")
+    x = torch.randn(1 << (20 if SMOKE else 30), device=DEV)
     ms = do_bench(x.sum, return_mode="median")
-    return (1 << 30) * 4 / (ms * 1e-3)
+    return x.numel() * 4 / (ms * 1e-3)
 
 
 def make_params(shapes, dtype) -> list[torch.nn.Parameter]:
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    gen = torch.Generator(device=DEV).manual_seed(0)
     ps = []
     for s in shapes:
-        p = torch.nn.Parameter(torch.empty(1, device="cuda", dtype=dtype).expand(s))  # no weight memory
-        p.grad = torch.randn(s, device="cuda", dtype=torch.float32, generator=gen).to(dtype)
+        p = torch.nn.Parameter(torch.empty(1, device=DEV, dtype=dtype).expand(s))  # no weight memory
+        p.grad = torch.randn(s, device=DEV, dtype=torch.float32, generator=gen).to(dtype)
         ps.append(p)
     return ps
 
 
 def host_us(fn, reps: int = 50) -> float:
-    torch.cuda.synchronize()
+    reps = 2 if SMOKE else reps
+    sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         fn()
     host = (time.perf_counter() - t0) / reps * 1e6
-    torch.cuda.synchronize()
+    sync()
     return host
 
 
@@ -97,14 +121,14 @@ def rows_for(params, do_bench) -> list[tuple[str, str, float, float, int]]:
 def main() -> None:
     import triton.testing
 
-    do_bench = triton.testing.do_bench
+    do_bench = smoke_bench if SMOKE else triton.testing.do_bench
     bw = read_bandwidth(do_bench)
-    name = torch.cuda.get_device_name()
+    name = "cpu (smoke test)" if SMOKE else torch.cuda.get_device_name()
     print(f"device: {name}  measured read bandwidth: {bw / 1e9:.0f} GB/s")
     print(f"{'case':<18}{'T':>6}{'GB':>7}  {'step':<8}{'impl':<6}{'ms':>9}{'GB/s':>8}{'x floor':>9}"
           f"{'host us':>9}{'x torch':>9}")
     results = []
-    mem = torch.cuda.get_device_properties(0).total_memory
+    mem = 1 << 40 if SMOKE else torch.cuda.get_device_properties(0).total_memory
     for cname, shapes, dtype in CASES:
         n = sum(math.prod(s) for s in shapes)
         if n * torch.empty((), dtype=dtype).element_size() * 2.5 > mem:
@@ -123,7 +147,8 @@ def main() -> None:
                             "median_ms": ms, "host_us": host, "bytes_model": f"{passes}N",
                             "x_floor": ms / floor, "x_torch": vs})  # fmt: skip
         del params
-        torch.cuda.empty_cache()
+        if not SMOKE:
+            torch.cuda.empty_cache()
     fused_noclip = [r["x_torch"] for r in results if r["step"] == "no-clip" and r["impl"] == "fused"]
     print(f"no-clip speed-up over torch foreach: median {statistics.median(fused_noclip):.2f}x")
     out_dir = Path(os.environ.get("OUT") or Path(__file__).parent / "results")

@@ -64,6 +64,8 @@ def resolve(backend: str, grads: Sequence[Tensor], norm_type: float = 2.0) -> st
     if backend == "auto":
         if not (grads[0].is_cuda and _kernel_norm_type(float(norm_type)) and _triton_available()):
             return "torch"
+        if type(grads[0]) is not torch.Tensor:  # a DTensor (FSDP2) has no storage to point at: torch's path
+            return "torch"
         return "triton" if _kernels().plan_for(grads).problem is None else "torch"
     if not grads[0].is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(

@@ -1,10 +1,11 @@
-"""gradscope.clip with backend='triton' (interpreter on CPU) against torch and the torch backend."""
+"""gradscope.clip with backend='triton' (compiled on CUDA, else the interpreter on CPU) against torch and the
+torch backend."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from f64_refs import assert_close
+from f64_refs import DEV, assert_close
 
 import gradscope.clip as C
 from gradscope.clip.backend import resolve
@@ -17,8 +18,8 @@ pytestmark = [
 
 def model_with_grads(dtype=torch.float32, seed: int = 0):
     torch.manual_seed(seed)
-    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
-    m(torch.randn(4, 8, dtype=dtype)).pow(2).sum().backward()
+    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(DEV, dtype)
+    m(torch.randn(4, 8, dtype=dtype, device=DEV)).pow(2).sum().backward()
     return m
 
 

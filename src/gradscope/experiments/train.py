@@ -24,7 +24,8 @@ WIDTH = 64
 # autoclip: 10th percentile of past norms (Seetharaman et al.); zclip: z > 2.5 on an EMA (Kumar et al.).
 CLIP_KWARGS: dict[str, dict[str, Any]] = {
     "none": {}, "norm": {"max_norm": 1.0}, "value": {"clip_value": 0.05}, "layer": {"max_norm": 0.5},
-    "agc": {"clipping": 0.01}, "autoclip": {"percentile": 10.0}, "zclip": {"z_thresh": 2.5},
+    "agc": {"clipping": 0.01}, "autoclip": {"percentile": 10.0},
+    "zclip": {"z_thresh": 2.5, "max_grad_norm": None},  # the adaptive rule alone (its 1.0 cap would equal "norm")
 }
 
 

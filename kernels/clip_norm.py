@@ -72,24 +72,32 @@ def _partials_kernel(
     nf = tl.zeros([BLOCK], dtype=ACC)
     pw = tl.zeros([BLOCK], dtype=ACC)
     lane = tl.arange(0, BLOCK).to(tl.int64)
-    full = start + CHUNK <= n  # a whole chunk: loads without a mask (vector loads on the aligned path)
-    end = tl.where(full, CHUNK, n - start)  # the last chunk of a tensor: only the blocks with elements
-    for i in range(0, end, BLOCK):
-        offs = start + i + lane
-        m = offs < n
-        if full:
-            x = tl.load(base + offs).to(ACC)
-        else:
+    if start + CHUNK <= n:  # a whole chunk: a fixed trip count, loads without a mask (vector loads if ALIGNED)
+        for i in range(0, CHUNK, BLOCK):
+            x = tl.load(base + (start + i + lane)).to(ACC)
+            ax = tl.abs(x)
+            isnan = x != x
+            acc += x * x
+            nf += tl.where(isnan | (ax == float("inf")), 1.0, 0.0)
+            mx = tl.maximum(mx, tl.where(isnan, 0.0, ax))  # NaN is carried by Σx², not by max
+            if GENERAL_P:  # |x|^p: 0 -> 0 (p > 0) or inf (p < 0); NaN stays NaN
+                pw += tl.exp2(p * tl.log2(ax))
+            if ZERO_P:
+                pw += tl.where(x != 0.0, 1.0, 0.0)  # torch's 0-"norm": the nonzero count, NaN counts
+    else:  # the tensor's last chunk: only the blocks that hold elements, masked (the same sums)
+        for j in range(0, n - start, BLOCK):  # j, not i: the loop variables differ in type (int64 here)
+            offs = start + j + lane
+            m = offs < n
             x = tl.load(base + offs, mask=m, other=0.0).to(ACC)
-        ax = tl.abs(x)
-        isnan = x != x
-        acc += x * x
-        nf += tl.where(isnan | (ax == float("inf")), 1.0, 0.0)
-        mx = tl.maximum(mx, tl.where(isnan, 0.0, ax))  # NaN is carried by Σx², not by max
-        if GENERAL_P:  # |x|^p: 0 -> 0 (p > 0) or inf (p < 0); NaN stays NaN; masked lanes add 0
-            pw += tl.where(m, tl.exp2(p * tl.log2(ax)), 0.0)
-        if ZERO_P:
-            pw += tl.where(x != 0.0, 1.0, 0.0)  # torch's 0-"norm": the nonzero count, NaN counts
+            ax = tl.abs(x)
+            isnan = x != x
+            acc += x * x
+            nf += tl.where(isnan | (ax == float("inf")), 1.0, 0.0)
+            mx = tl.maximum(mx, tl.where(isnan, 0.0, ax))
+            if GENERAL_P:
+                pw += tl.where(m, tl.exp2(p * tl.log2(ax)), 0.0)  # masked lanes add 0 (0**p is inf for p < 0)
+            if ZERO_P:
+                pw += tl.where(x != 0.0, 1.0, 0.0)
     out = chunk_base + pid
     tl.store(sq_out + out, tl.sum(acc, axis=0))
     tl.store(mx_out + out, tl.max(mx, axis=0))
@@ -186,14 +194,14 @@ def _scale_kernel(
             base = tl.multiple_of(base, 16)
             start = tl.multiple_of(start, CHUNK)
         lane = tl.arange(0, BLOCK).to(tl.int64)
-        full = start + CHUNK <= n
-        end = tl.where(full, CHUNK, n - start)
-        for i in range(0, end, BLOCK):
-            offs = start + i + lane
-            if full:
-                x = tl.load(base + offs)
-                tl.store(base + offs, (x.to(c.dtype) * c).to(DTYPE))
-            else:
+        if start + CHUNK <= n:  # a whole chunk: no mask (vector loads and stores if ALIGNED)
+            for i in range(0, CHUNK, BLOCK):
+                ptrs = base + (start + i + lane)
+                x = tl.load(ptrs)
+                tl.store(ptrs, (x.to(c.dtype) * c).to(DTYPE))
+        else:
+            for j in range(0, n - start, BLOCK):
+                offs = start + j + lane
                 m = offs < n
                 x = tl.load(base + offs, mask=m, other=0.0)
                 tl.store(base + offs, (x.to(c.dtype) * c).to(DTYPE), mask=m)

@@ -444,6 +444,7 @@ class Case:
     kinds: tuple[str, ...] = ()      # acceptable root-cause kinds (empty: a healthy control)
     layer: tuple[str, ...] = ()      # the root cause must name one of these layers (or a child; or origin)
     step: int | None = None          # ... and cover this step
+    says: str = ""                   # ... and its message says this (a direction: "explod")
     why: str = ""
 
     @property
@@ -472,7 +473,7 @@ CASES: dict[str, Case] = {
     "series_corrupted_batch": Case(series_corrupted_batch, ("gradient_spike", "loss_spike"), step=SPIKE_STEP,
                                    why="one batch's targets x1000 (units bug)"),
     "rnn_exploding_long": Case(rnn_exploding_long, ("rnn_gradient", "exploding_gradient"), layer=("rnn",),
-                               why="tanh RNN, recurrent gain 2, length 100, SGD, no clipping"),
+                               says="explod", why="tanh RNN, recurrent gain 2, length 100, SGD, no clipping"),
 }
 
 SERIOUS = ("warning", "error")
@@ -483,6 +484,8 @@ def matches(case: Case, f: dict) -> bool:
     if f["kind"] not in case.kinds or f["severity"] not in SERIOUS:
         return False
     origin = f.get("origin") or {}
+    if case.says and case.says not in f["message"].lower():
+        return False
     if case.layer:
         names = list(f["layers"]) + [origin.get("layer") or ""]
         if not any(n == want or n.startswith(want + ".") for n in names for want in case.layer):

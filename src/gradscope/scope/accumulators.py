@@ -104,8 +104,11 @@ class StepSums:
 
     def add_flow(self, row: int, grad: Tensor) -> None:
         """The gradient arriving at a module output: its sum of squares (non-finite with NaN/Inf)."""
+        g = grad.detach() if grad.requires_grad else grad  # (only under create_graph): a detach is an op
+        if g.dtype not in (torch.float32, torch.float64):
+            g = g.float()
         self.flow_rows.append(row)
-        self.flow_sumsq.append(F.sumsq(_f32(grad)))
+        self.flow_sumsq.append(F.sumsq(g))
 
     def reduce(self, rows: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Per-row [rows x ACT_N] activation sums, [rows x 3] flow sums (calls, sumsq, non-finite

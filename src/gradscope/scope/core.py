@@ -289,6 +289,7 @@ class Scope:
         for h in self._step_handles:
             h.remove()
         self._step_handles.clear()
+        self._param_side.detached()
 
     def _mark_stepped(self) -> None:
         """The optimizer stepped: the step closes at the next activity. Hooks follow the schedule."""

@@ -3,6 +3,13 @@
 A part the Scope holds (:class:`ParamRecorder`); it shares the Scope's :class:`StepState` and asks
 the module side for depth when no module hooks run. Nothing here syncs: every value stays a device
 tensor until the flush.
+
+Python work per step does not grow with the number of tensors beyond building lists: the first
+backward hooks every trainable parameter (to learn the order gradients arrive in); from then on a
+few "sentinel" parameters spread over that order carry the hook, whose first call per backward
+queues one end-of-backward callback, and that callback measures all gradients at once
+(:mod:`gradscope.scope.gradstats`). A backward the sentinels miss (a branch they are not on) is
+measured at the optimizer step and the hooks go back on every parameter to learn again.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from torch import Tensor, nn
 
 from gradscope import functional as F
 from gradscope.scope import amp, distributed, hooks
+from gradscope.scope.gradstats import GroupedStats
 from gradscope.scope.modules import ModuleRecorder
 from gradscope.scope.step import StepState
 
 Measured = tuple[tuple[int, ...], Tensor, Tensor, Tensor]  # param indices, norm, max |g|, non-finite
+SENTINELS = 8  # parameters that keep a gradient hook after the first backward
 
 
 class ParamRecorder:
@@ -33,6 +42,7 @@ class ParamRecorder:
         self.watched = [self.params[i] for i in watched]
         self.col_of = {i: c for c, i in enumerate(watched)}
         self.trainable = [i for i, p in enumerate(self.params) if p.requires_grad]
+        self.trainable_params = [self.params[i] for i in self.trainable]
         self.state = state
         self.modules = modules
         self.optimizers = optimizers
@@ -49,16 +59,48 @@ class ParamRecorder:
         # No module hooks at all (nothing to break a torch.compile graph): parameter depth then
         # comes from the order gradients arrive in the first backward, reversed.
         self.depth_from_grads = not modules.hooked
-        self.grad_order: list[int] = []
-        self.param_index = {id(p): i for i, p in enumerate(self.params)} if self.depth_from_grads else {}
+        self.grad_order: list[int] = []  # param indices in arrival order, while learning
+        self.param_index = {id(p): i for i, p in enumerate(self.params)}
+        self.sentinels: list[int] | None = None  # param indices that keep a hook; None: all (learning)
+        self.grad_handles: dict[int, Any] = {}  # param index -> its hook's handle, while attached
+        self._handles: list[Any] | None = None  # the Scope's step-handle list, while attached
+        self.stats = GroupedStats(device)
+        self._present: dict[tuple[int, ...], tuple[int, ...]] = {}  # missing -> present param indices
+        self._scatter: dict[tuple[int, ...], tuple[Tensor, Tensor] | None] = {}
 
     # -- attach ---------------------------------------------------------------------------------
     def attach(self, handles: list[Any]) -> None:
-        """Gradient hooks on the trainable parameters (one closure, shared)."""
+        """Gradient hooks (one closure, shared): on every trainable parameter while learning, else
+        on the sentinels. ``handles`` is the Scope's step-handle list; ``detached`` says it was emptied."""
         if self.acc_hook is None:
             self.acc_hook = hooks.accumulate_grad_hook(self.on_grad_accumulated)
-        for i in self.trainable:
-            handles.append(self.params[i].register_post_accumulate_grad_hook(self.acc_hook))
+        self._handles = handles
+        for i in self.trainable if self.sentinels is None else self.sentinels:
+            if i not in self.grad_handles:
+                h = self.grad_handles[i] = self.params[i].register_post_accumulate_grad_hook(self.acc_hook)
+                handles.append(h)
+
+    def detached(self) -> None:
+        self.grad_handles.clear()
+        self._handles = None
+
+    def _learned(self) -> None:
+        """The first backward's arrival order is known: keep hooks on a few parameters spread over it."""
+        order = list(dict.fromkeys(self.grad_order))
+        if not order:
+            return
+        n = len(order)
+        picks = {0, 1, n - 2, n - 1} | {n * k // (SENTINELS - 3) for k in range(1, SENTINELS - 3)}
+        self.sentinels = sorted({order[k] for k in picks if 0 <= k < n})
+        for i in [i for i in self.grad_handles if i not in self.sentinels]:
+            self.grad_handles.pop(i).remove()
+
+    def _relearn(self) -> None:
+        """A backward the sentinels missed: hook every parameter again for the next backward."""
+        self.sentinels = None
+        self.grad_order = []
+        if self._handles is not None:
+            self.attach(self._handles)
 
     def attach_optimizers(self, handles: list[Any]) -> None:
         for opt in self.optimizers:
@@ -81,12 +123,13 @@ class ParamRecorder:
         state = self.state
         if state.closed:
             return
-        if self.depth_from_grads and self.modules.next_depth == 0:
+        learning = self.sentinels is None
+        if learning:
             self.grad_order.append(self.param_index[id(param)])
         if self.cb_queued:
             return
         self.begin_activity()
-        if not state.scheduled() or self.clip_fed:
+        if not learning and (not state.scheduled() or self.clip_fed):
             return
         self.cb_queued = True
         torch.autograd.Variable._execution_engine.queue_callback(self._queue_measure)
@@ -103,7 +146,10 @@ class ParamRecorder:
             return
         if self.depth_from_grads and self.modules.next_depth == 0:
             self._depth_from_grad_order()
-        self.pending = self.measure(unscale=True)
+        if self.sentinels is None:
+            self._learned()
+        if self.state.scheduled() and not self.clip_fed:
+            self.pending = self.measure(unscale=True)
 
     def _depth_from_grad_order(self) -> None:
         """Depth without forward hooks: modules ordered by their gradients' arrival, reversed."""
@@ -118,12 +164,22 @@ class ParamRecorder:
 
     def measure(self, unscale: bool = False) -> Measured:
         """Per-tensor norm, max |g| and non-finite flag of every trainable gradient present now."""
-        idx = tuple(i for i in self.trainable if self.params[i].grad is not None)
-        grads = [self.params[i].grad for i in idx]
+        grads = [p.grad for p in self.trainable_params]
+        missing = tuple(k for k, g in enumerate(grads) if g is None)
+        idx = self._present.get(missing)
+        if idx is None:
+            if len(self._present) > 32:
+                self._present.clear()
+            gone = set(missing)
+            idx = self._present[missing] = tuple(i for k, i in enumerate(self.trainable) if k not in gone)
+        if missing:
+            grads = [g for g in grads if g is not None]
         if grads and distributed.is_dtensor(grads[0]):  # type: ignore[arg-type]
             norm, maxabs, nonfinite = distributed.sharded_grad_stats(grads)  # type: ignore[arg-type]
         else:
-            norm, maxabs, nonfinite = F.grad_stats(grads, exact_nonfinite=False)  # type: ignore[arg-type]
+            norm, mx = self.stats.stats(grads, ("grad", missing))  # type: ignore[arg-type]
+            maxabs = mx  # type: ignore[assignment]
+            nonfinite = (~torch.isfinite(maxabs)).to(torch.float32)
         norm, maxabs, nonfinite = norm.to(self.device), maxabs.to(self.device), nonfinite.to(self.device)
         inv = amp.inv_scale(self.scaler) if unscale else None
         if inv is not None:  # grads are still multiplied by the loss scale at backward time
@@ -140,7 +196,7 @@ class ParamRecorder:
         if self.state.closed or not self.state.scheduled():
             return
         stats = result.per_tensor
-        index = {id(p): i for i, p in enumerate(self.params)}
+        index = self.param_index
         with_grad = [p for p in params if p.grad is not None]
         if len(with_grad) != stats.norm.numel() or any(id(p) not in index for p in with_grad):
             return
@@ -221,9 +277,9 @@ class ParamRecorder:
         if before is not None:
             cols = self._opt_cols(opt)
             after = [self.watched[c].detach() for c in cols]
-            weight = distributed.norms(after).to(self.device)
+            weight = self._norms(after, ("w", id(opt), len(cols)))
             torch._foreach_sub_(before, after)  # the snapshot becomes -(update): no second weight copy
-            delta = distributed.norms(before).to(self.device)
+            delta = self._norms(before, ("w", id(opt), len(cols)))
             idx = self._device_index(cols)
             state.buffers.put("param", "weight_norm", slot, weight, cols=idx)
             state.buffers.put("param", "update_ratio", slot, delta / weight, cols=idx)
@@ -256,14 +312,16 @@ class ParamRecorder:
         state = self.state
         slot = state.ensure_slot()
         pending, self.pending = self.pending, None
-        idx, norm, maxabs, nonfinite = pending if pending is not None else self.measure(
-            unscale=self.scaler is not None and not self.clip_fed)
+        if pending is None:
+            pending = self.measure(unscale=self.scaler is not None and not self.clip_fed)
+            if pending[0] and self.sentinels is not None and not self.clip_fed:
+                self._relearn()  # gradients no sentinel saw arrive (or none this step): learn again
+        idx, norm, maxabs, nonfinite = pending
         buffers = state.buffers
         buffers.put_scalar("grad_norm", slot, F.total_norm(norm))
-        src = [k for k, i in enumerate(idx) if i in self.col_of]
-        if src:
-            src_t = self._device_index(src)
-            dst_t = self._device_index([self.col_of[idx[k]] for k in src])
+        scatter = self._scatter_index(idx)
+        if scatter is not None:
+            src_t, dst_t = scatter
             for name, values in (("grad_norm", norm), ("grad_max", maxabs), ("grad_nonfinite", nonfinite)):
                 buffers.put("param", name, slot, values.index_select(0, src_t), cols=dst_t)
         if state.update_sampled():
@@ -271,5 +329,22 @@ class ParamRecorder:
             owned = {c for opt in self.optimizers for c in self._opt_cols(opt)}
             cols = [c for c in range(len(self.watched)) if c not in owned]
             if cols:
-                weight = distributed.norms([self.watched[c].detach() for c in cols]).to(self.device)
+                weight = self._norms([self.watched[c].detach() for c in cols], ("w-rest", len(cols)))
                 buffers.put("param", "weight_norm", slot, weight, cols=self._device_index(cols))
+
+    def _scatter_index(self, idx: tuple[int, ...]) -> tuple[Tensor, Tensor] | None:
+        """Device indices taking measured positions to watched columns, cached per pattern."""
+        if idx in self._scatter:
+            return self._scatter[idx]
+        if len(self._scatter) > 32:
+            self._scatter.clear()
+        src = [k for k, i in enumerate(idx) if i in self.col_of]
+        hit = (self._device_index(src), self._device_index([self.col_of[idx[k]] for k in src])) if src else None
+        self._scatter[idx] = hit
+        return hit
+
+    def _norms(self, tensors: list[Tensor], key: Any) -> Tensor:
+        """Per-tensor L2 norms on the device (sharded ones reduced over their mesh)."""
+        if tensors and distributed.is_dtensor(tensors[0]):
+            return distributed.norms(tensors).to(self.device)
+        return self.stats.stats(tensors, key, maxabs=False)[0].to(self.device)

@@ -31,6 +31,17 @@ METRICS: dict[str, tuple[str, ...]] = {
 }
 # Per-step scalars always present; users add their own with Scope.log().
 SCALARS = ("grad_norm", "lr")
+# Scalars gradscope records itself (and lr_group<N>): Scope.log() refuses these names.
+RESERVED_SCALARS = {
+    "grad_norm": "the pre-clip global gradient norm", "lr": "the learning rate",
+    "clip_coef": "the clip coefficient", "clipped": "whether gradscope.clip clipped",
+    "amp_scale": "the GradScaler's loss scale", "amp_skipped": "whether the GradScaler skipped the step",
+}
+
+
+def reserved_scalar(name: str) -> bool:
+    """Whether ``name`` is a scalar gradscope records itself."""
+    return name in RESERVED_SCALARS or (name.startswith("lr_group") and name[8:].isdigit())
 
 
 def chunk_name(index: int) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.run import format as fmt
-from gradscope.run.writer import NullWriter, RunWriter
+from gradscope.run.writer import NullWriter, RunWriter, deferred_interrupts
 from gradscope.scope import amp, distributed, hooks
 from gradscope.scope.buffers import StepBuffers
 from gradscope.scope.modules import ModuleRecorder
@@ -30,13 +30,16 @@ from gradscope.scope.rows import plan
 from gradscope.scope.setup import (
     FailedStart,
     check_args,
+    exception_event,
     make_atexit,
     make_sinks,
     open_log_dir,
+    record_exception,
     unwrap_optimizer,
 )
 from gradscope.scope.step import StepState
 from gradscope.scope.stopping import Stopper, check_live
+from gradscope.scope.watchdog import Watchdog
 
 
 class Scope:
@@ -104,6 +107,7 @@ class Scope:
         self._model: nn.Module | None = model
         self._optimizers: list[torch.optim.Optimizer] = opts
         named, watched, self._rows, hooked = plan(model, include, exclude)
+        self._named = named
         self._device = named[0][1].device if named else torch.device("cpu")
         self._in_flush = False
         self._latest: dict[str, float] = {}
@@ -150,6 +154,11 @@ class Scope:
         self._check_stop(at_optimizer=False)
         if not state.scheduled():
             return
+        for name in scalars:
+            if fmt.reserved_scalar(name):
+                raise ValueError(f"scope.log({name}=...): {name!r} is gradscope's own measurement "
+                                 f"({fmt.RESERVED_SCALARS.get(name, 'a learning rate')}); log yours under "
+                                 f"another name, e.g. scope.log(my_{name}=...)")
         slot = state.ensure_slot()
         for name, value in scalars.items():
             if isinstance(value, Tensor):
@@ -191,23 +200,34 @@ class Scope:
 
     def close(self) -> None:
         """Flush everything, wait for the writer, remove every hook and drop every reference."""
+        self._close(None, local=False)
+
+    def _close(self, exc: BaseException | None, local: bool) -> None:
+        """Close; ``local`` (the exception path, interpreter exit) runs no collective: the other ranks
+        may be inside one of their own (DDP's all-reduce) or gone. A Ctrl-C meanwhile is held until
+        the recorded steps are on disk."""
         state = self._state
         if state.closed:
             return
-        if state.slot is not None:
-            self._commit_step()
-        self._flush()
-        if self._stopper.live is not None:  # the last job: diagnose the complete run, on the writer thread
-            self._writer.submit(self._stopper.live.finish)
-        state.closed = True
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._detach_step_hooks()
-        self._writer.close()
-        atexit.unregister(self._atexit)
+        with deferred_interrupts():
+            if exc is not None and record_exception(exc):
+                # after optimizer.step() the recorded step is done: the exception is in the next one
+                state.events.append({"step": state.index + int(state.stepped), "kind": "exception",
+                                     **exception_event(exc)})
+            if state.slot is not None:
+                self._commit_step()
+            self._flush(collective=not local)
+            if self._stopper.live is not None:  # the last job: diagnose the complete run, on the writer thread
+                self._writer.submit(self._stopper.live.finish)
+            state.closed = True
+            for h in self._handles:
+                h.remove()
+            self._handles.clear()
+            self._detach_step_hooks()
+            self._writer.close()
+            atexit.unregister(self._atexit)
         self._model = None
-        self._optimizers = []
+        self._optimizers, self._named = [], []
         self._param_side.close()
         self._module_side.close()
 
@@ -236,9 +256,10 @@ class Scope:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            self.event("exception", type=exc_type.__name__, message=str(exc)[:500])
-        self.close()
+        if exc_type is None:
+            self.close()
+        else:  # the user's exception propagates unchanged, after a local close
+            self._close(exc if exc is not None else exc_type(), local=True)
 
     # -- attach ---------------------------------------------------------------------------------
     def _attach(self) -> None:
@@ -256,6 +277,9 @@ class Scope:
             for opt in self._optimizers:
                 self._handles.append(opt.register_step_pre_hook(hooks.optimizer_hook(self._on_optimizer_check)))
         self._param_side.attach_optimizers(self._handles)
+        assert self._model is not None
+        self._watchdog = Watchdog(self._model, self._named, self._optimizers, self.event)
+        self._handles.append(self._watchdog)
         if self._param_side.scaler is None and self._optimizers:
             self._scaler_watch = amp.ScalerStepWatch(self._on_scaler_step)
             self._handles.append(self._scaler_watch)
@@ -350,15 +374,16 @@ class Scope:
         assert slot is not None
         self._module_side.commit(slot)
 
-    def _flush(self) -> None:
+    def _flush(self, collective: bool = True) -> None:
         self._in_flush = True  # host copies below are the one deliberate sync point
         state = self._state
         done, flushed = None, len(self._buffers) > 0
         try:
+            self._watchdog.check()
             if state.rows_dirty:
                 self._write_manifest()
             if len(self._buffers):
-                if distributed.world_size() > 1:
+                if collective and distributed.world_size() > 1:
                     distributed.reduce_nonfinite(self._buffers.filled())
                 take = self._buffers.take()
                 job, done = self._stopper.chunk_job(self._writer, lambda: self._keep_latest(take()))
@@ -366,7 +391,7 @@ class Scope:
             if state.events:
                 events, state.events = state.events, []
                 self._writer.submit(lambda: self._writer.write_events(events))
-            self._stopper.settle(done, flushed)  # stop_on: wait for this flush's verdict (stopping.py)
+            self._stopper.settle(done, flushed and collective)  # stop_on: wait for this flush's verdict (stopping.py)
         finally:
             self._in_flush = False
 

@@ -242,7 +242,24 @@ class FailedStart:
 def make_atexit(ref: weakref.ReferenceType[Any]) -> Any:
     def close_at_exit() -> None:
         scope = ref()
-        if scope is not None:
-            scope.close()
+        if scope is not None:  # at exit the other ranks may be gone: no collective
+            scope._close(None, local=True)
 
     return close_at_exit
+
+
+TRACEBACK_LINES = 30
+
+
+def record_exception(exc: BaseException) -> bool:
+    """Whether leaving the ``with`` block by ``exc`` is a failure worth an event (not ``sys.exit(0)``)."""
+    return not (isinstance(exc, SystemExit) and exc.code in (0, None))
+
+
+def exception_event(exc: BaseException) -> dict[str, Any]:
+    """The event fields of an exception that ended the run: type, message, the traceback's last lines."""
+    import traceback
+
+    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
+    return {"type": type(exc).__name__, "message": str(exc)[:2000],
+            "traceback": "\n".join(lines[-TRACEBACK_LINES:])[-8000:]}

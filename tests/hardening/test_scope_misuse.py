@@ -12,7 +12,7 @@ from torch import nn
 import gradscope
 
 
-@pytest.mark.parametrize("name", ["grad_norm", "lr", "clip_coef", "amp_scale", "lr_group1"])
+@pytest.mark.parametrize("name", ["grad_norm", "lr", "lr_group1"])
 def test_log_refuses_gradscopes_own_scalar_names(tmp_path, name):
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -26,6 +26,23 @@ def test_log_refuses_gradscopes_own_scalar_names(tmp_path, name):
     total = np.sqrt((np.array(ref) ** 2).sum(1))
     np.testing.assert_allclose(run.scalars["grad_norm"], total, rtol=1e-5)  # not overwritten
     np.testing.assert_allclose(run.scalars["lr"], 0.05)
+
+
+def test_clip_scalars_are_reserved_once_gradscope_clip_records_them(tmp_path):
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradscope.watch(model, opt, log_dir=tmp_path / "run", tensorboard=False) as scope:
+        model(torch.randn(5, 4)).pow(2).mean().backward()
+        scope.log(clip_coef=0.5)  # clipped with torch: the user's own clip_coef is welcome
+        opt.step()
+        opt.zero_grad()
+        model(torch.randn(5, 4)).pow(2).mean().backward()
+        total = gradscope.clip.clip_grad_norm_(model.parameters(), 1e-3)
+        with pytest.raises(ValueError, match="gradscope's own measurement"):
+            scope.log(clip_coef=0.5)
+        opt.step()
+    coef = gradscope.load_run(tmp_path / "run").scalars["clip_coef"]
+    np.testing.assert_allclose(coef, [0.5, 1e-3 / (float(total) + 1e-6)], rtol=1e-5)
 
 
 def test_replaced_parameter_warns_once(tmp_path):

@@ -155,7 +155,7 @@ class Scope:
         if not state.scheduled():
             return
         for name in scalars:
-            if fmt.reserved_scalar(name):
+            if self._own_scalar(name):
                 raise ValueError(f"scope.log({name}=...): {name!r} is gradscope's own measurement "
                                  f"({fmt.RESERVED_SCALARS.get(name, 'a learning rate')}); log yours under "
                                  f"another name, e.g. scope.log(my_{name}=...)")
@@ -170,6 +170,17 @@ class Scope:
                 raise TypeError(f"scope.log({name}=...) needs a number or a scalar tensor, "
                                 f"got {type(value).__name__}")
             self._buffers.put_scalar(name, slot, value)
+
+    def _own_scalar(self, name: str) -> bool:
+        """Whether gradscope records ``name`` itself in this run: grad_norm and lr always, the clip
+        scalars once gradscope.clip reports here, the AMP ones with a GradScaler."""
+        if not fmt.reserved_scalar(name):
+            return False
+        if name in ("clip_coef", "clipped"):
+            return self._param_side.records_clip
+        if name in ("amp_scale", "amp_skipped"):
+            return self._param_side.scaler is not None
+        return True
 
     def event(self, kind: str, **data: Any) -> None:
         """Record a discrete event (plain Python values) at the current step."""

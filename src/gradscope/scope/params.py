@@ -55,6 +55,7 @@ class ParamRecorder:
         self.opt_cols_cache: dict[tuple[int, int], list[int]] = {}
         self.cb_queued = False
         self.clip_fed = False  # set once gradscope.clip hands us its statistics
+        self.records_clip = False
         self.acc_hook: Any = None
         # No module hooks at all (nothing to break a torch.compile graph): parameter depth then
         # comes from the order gradients arrive in the first backward, reversed.
@@ -210,6 +211,7 @@ class ParamRecorder:
         self.clip_fed = True  # from now on the clip's pass replaces ours
 
     def _record_clip(self, result: Any) -> None:
+        self.records_clip = True  # clip_coef and clipped are gradscope's from now on (scope.log refuses them)
         slot = self.state.ensure_slot()
         coef, clipped = result.coef.detach(), result.clipped.detach()
         if distributed.is_dtensor(coef):  # every rank clips, so this collective is matched

@@ -6,7 +6,9 @@ as a MemoryError traceback instead of taking the machine's memory; its peak RSS 
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -98,3 +100,34 @@ def test_deeply_nested_json_is_an_error_or_a_fallback_never_a_traceback(run_dir,
         np.testing.assert_array_equal(run.metric("param", "grad_norm"), before)
         code, _, err, _ = analyze(str(run_dir))
         assert code == 0 and "Traceback" not in err
+
+
+def _sparse_chunk(path, steps: int) -> None:
+    """A stored-zip chunk whose one member, step.npy, declares ``steps`` int64 steps over a hole."""
+    import struct
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<i8", "fortran_order": False, "shape": (steps,)})
+    member = head.getvalue()
+    size = len(member) + 8 * steps
+    name = b"step.npy"
+    local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, size, size, len(name), 0)
+    with open(path, "wb") as f:
+        f.write(local + name + member)
+        f.seek(8 * steps, os.SEEK_CUR)  # the hole
+        cd_off = f.tell()
+        central = struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, size, size,
+                              len(name), 0, 0, 0, 0, 0, 0) + name
+        f.write(central)
+        f.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(central), cd_off, 0))
+
+
+def test_sparse_chunk_declaring_a_huge_run_is_a_clear_error(run_dir):
+    """Item 8: a chunk (a zip of stored .npy members, as RunWriter writes) whose step array declares
+    400 M steps over a sparse hole: exit 2 naming the problem, bounded memory."""
+    _sparse_chunk(run_dir / "chunks" / "000002.npz", 400_000_000)
+    assert (run_dir / "chunks" / "000002.npz").stat().st_blocks * 512 < 100_000
+    code, out, err, rss = analyze(str(run_dir))
+    assert code == 2, err
+    assert "Traceback" not in err and "not a run gradscope wrote" in err
+    assert 0 < rss < 1 << 30, rss

@@ -118,6 +118,12 @@ def test_event_files_hold_the_run(recorded):
     log10 = accs["00 blocks.0"].Scalars("depth/log10_grad_norm")
     np.testing.assert_allclose([e.value for e in log10],
                                np.log10([e.value for e in accs["00 blocks.0"].Scalars("depth/grad_norm")]), atol=1e-5)
+    # each step carries its own host wall time from the run, in every TensorBoard run
+    assert np.isfinite(run.wall_time).all() and np.all(np.diff(run.wall_time) > 0)
+    for acc in accs.values():
+        events = acc.Scalars(acc.Tags()["scalars"][0])
+        at = np.isin(run.steps, [e.step for e in events])
+        np.testing.assert_allclose([e.wall_time for e in events], run.wall_time[at], rtol=0, atol=1e-3)
     hist = accs[""].Histograms("hist/log10_grad_norm")
     assert [h.step for h in hist] == run.steps.tolist()
     assert all(h.histogram_value.num == len(run.rows_of("param")) for h in hist)
@@ -285,6 +291,8 @@ def test_tensorboard_server_serves_what_gradscope_recorded(server):
             points = _wait(lambda t=tag, r=name: _get(base, "/data/plugin/scalars/scalars", run=r, tag=t),
                            deadline, f"{name} {tag}")
             assert [p[1] for p in points] == steps, (name, tag)
+            np.testing.assert_allclose([p[0] for p in points], run.wall_time[np.isin(run.steps, steps)],
+                                       rtol=0, atol=1e-3, err_msg=f"wall time {name} {tag}")
             if tag.startswith("depth/"):
                 np.testing.assert_allclose([p[2] for p in points], values, rtol=1e-6)
             else:

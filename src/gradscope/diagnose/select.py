@@ -53,4 +53,4 @@ def select(run: Run, steps: tuple[int | None, int | None] | None = None,
     lo, hi = (int(run.steps[keep][0]), int(run.steps[keep][-1])) if keep.any() else (0, -1)
     events = [e for e in run.events if not isinstance(e.get("step"), int) or lo <= e["step"] <= hi]
     return dataclasses.replace(run, rows=rows, steps=run.steps[keep], metrics=metrics, scalars=scalars,
-                               events=events)
+                               events=events, wall_time=run.wall_time[keep])

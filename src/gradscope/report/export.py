@@ -28,9 +28,9 @@ def run_arrays(run: Run, start: int = 0, stop: int | None = None) -> dict[str, n
             arrays[key] = arr[sl]
     for name, values in run.scalars.items():
         arrays[fmt.scalar_key(name)] = values[sl]
-    wall = getattr(run, "wall_time", None)
-    if wall is not None and np.isfinite(wall).any():
-        arrays["wall_time"] = wall[sl]
+    started = (run.manifest.get("config") or {}).get("started")
+    if run.wall_time is not None and np.isfinite(run.wall_time).any() and isinstance(started, (int, float)):
+        arrays[fmt.scalar_key(fmt.WALL_TIME)] = (run.wall_time[sl] - started).astype(np.float32)
     return arrays
 
 

@@ -31,11 +31,16 @@ METRICS: dict[str, tuple[str, ...]] = {
 }
 # Per-step scalars always present; users add their own with Scope.log().
 SCALARS = ("grad_norm", "lr")
+# Each step's host wall time when its optimizer step returned, in seconds since config["started"]
+# (float32 like every scalar: ~10 ms resolution after a day). load_run gives Run.wall_time instead.
+WALL_TIME = "_wall_time"
+
 # Scalars gradscope records itself (and lr_group<N>): Scope.log() refuses these names.
 RESERVED_SCALARS = {
     "grad_norm": "the pre-clip global gradient norm", "lr": "the learning rate",
     "clip_coef": "the clip coefficient", "clipped": "whether gradscope.clip clipped",
     "amp_scale": "the GradScaler's loss scale", "amp_skipped": "whether the GradScaler skipped the step",
+    WALL_TIME: "gradscope's own per-step wall time",
 }
 
 

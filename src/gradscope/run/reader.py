@@ -41,6 +41,11 @@ class Run:
     # Steps at which each scalar was logged, for runs read from a foreign TensorBoard log (where a NaN
     # may be a logged value); empty for gradscope runs, whose NaN means "not recorded".
     logged: dict[str, np.ndarray] = field(default_factory=dict)
+    wall_time: np.ndarray | None = None  # [steps] float64 host time (Unix seconds); NaN when not recorded
+
+    def __post_init__(self) -> None:
+        if self.wall_time is None:  # runs recorded before gradscope stored wall times, TensorBoard logs
+            self.wall_time = np.full(self.steps.shape[0], np.nan)
 
     def __repr__(self) -> str:
         source = self.manifest.get("config", {}).get("source", "gradscope")
@@ -191,8 +196,18 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     metrics = {fmt.metric_key(k, n): tables.pop(fmt.metric_key(k, n)) for k, names in fmt.METRICS.items()
                for n in names}
     scalars = {k[len("scalar/"):]: v for k, v in tables.items() if k.startswith("scalar/")}
+    wall = _wall_time(manifest, scalars)
     events = _read_events(path, msgs)
-    return Run(path, manifest, rows, steps, metrics, scalars, events, msgs)
+    return Run(path, manifest, rows, steps, metrics, scalars, events, msgs, wall_time=wall)
+
+
+def _wall_time(manifest: dict[str, Any], scalars: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Each step's host wall time from the stored seconds since ``config.started`` (None if absent)."""
+    rel = scalars.pop(fmt.WALL_TIME, None)
+    started = _started(manifest)
+    if rel is None or not isinstance(started, (int, float)) or isinstance(started, bool):
+        return None
+    return float(started) + rel.astype(np.float64)
 
 
 def open_checked_merged(path: Path, manifest: dict[str, Any], widths: dict[str, int]) -> Any:

@@ -8,6 +8,8 @@ stay on the host: writing one into a device tensor would be a blocking host-to-d
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -25,6 +27,8 @@ class StepBuffers:
         self.device = device
         self.widths = dict(widths)
         self.steps: list[int] = []
+        self.wall: list[float] = []  # host wall time of each slot's step (seconds since ``origin``)
+        self.origin = time.time()
         self._metrics: dict[str, Tensor] = {}
         self._scalars: dict[str, Tensor] = {}
         self._host_scalars: dict[str, np.ndarray] = {}
@@ -39,7 +43,12 @@ class StepBuffers:
     def open_slot(self, step: int) -> int:
         """Reserve the next slot for ``step`` and return its index."""
         self.steps.append(step)
+        self.wall.append(math.nan)
         return len(self.steps) - 1
+
+    def stamp(self, slot: int) -> None:
+        """Record the host wall time of the slot's step now (a host clock read: no device sync)."""
+        self.wall[slot] = time.time() - self.origin
 
     def grow(self, kind: str, width: int) -> None:
         """Rows of ``kind`` now number ``width`` (rows are only ever appended)."""
@@ -97,10 +106,11 @@ class StepBuffers:
         """
         n = len(self.steps)
         steps = np.asarray(self.steps, dtype=np.int64)
+        wall = np.asarray(self.wall, dtype=np.float32)
         named = {k: v[:n] for k, v in self._metrics.items()}
         named.update({fmt.scalar_key(k): v[:n] for k, v in self._scalars.items()})
         host_scalars = {fmt.scalar_key(k): v[:n] for k, v in self._host_scalars.items()}
-        self.steps = []
+        self.steps, self.wall = [], []
         self._metrics = {}
         self._scalars = {}
         self._host_scalars = {}
@@ -114,7 +124,7 @@ class StepBuffers:
         def finish() -> dict[str, np.ndarray]:
             if event is not None:
                 event.synchronize()  # waits on the writer thread, never on the training thread
-            out = {"step": steps}
+            out = {"step": steps, fmt.scalar_key(fmt.WALL_TIME): wall}
             out.update({k: v.numpy().astype(np.float32, copy=False) for k, v in host.items()})
             for k, values in host_scalars.items():  # a name logged as tensors on some steps, numbers on others
                 out[k] = np.where(np.isnan(values), out[k], values) if k in out else values

@@ -2,8 +2,9 @@
 
 Life of a step: forward hooks add activation sums; output-gradient hooks add backward-flow sums;
 at the end of each backward the parameter gradients are measured (so they are pre-clip); the
-optimizer's step hook writes them into the step's slot. The step closes at the next training
-activity, and every ``flush_every`` steps the slots go to the writer thread in one copy.
+optimizer's step hook writes them into the step's slot and stamps its host wall time. The step closes
+at the next training activity; the slots go to the writer thread in one copy every ``flush_every``
+steps, every ``flush_seconds``, and after the 1st and 10th recorded steps (so a live view fills fast).
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ from gradscope.scope.step import StepState
 from gradscope.scope.stopping import Stopper, check_live
 from gradscope.scope.watchdog import Watchdog
 
+EARLY_FLUSHES = (1, 10)  # recorded-step counts flushed at once, whatever flush_every says
+
+
+def _check_flush_seconds(value: Any) -> None:
+    ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0)
+    if not ok:
+        raise ValueError(f"watch(flush_seconds={value!r}): must be a positive number of seconds, or None "
+                         "to flush by step count only")
+
 
 class Scope:
     """A watched training run. Create with :func:`gradscope.watch`; use as a context manager.
@@ -60,6 +70,7 @@ class Scope:
         exclude: Sequence[str] | None = None,
         every: int = 1,
         flush_every: int = 100,
+        flush_seconds: float | None = 30.0,
         activations: bool = True,
         flow: bool = True,
         update_every: int = 10,
@@ -77,6 +88,7 @@ class Scope:
         opts, wrapper_scaler = check_args(model, optimizer, every, flush_every, update_every, include, exclude)
         rule = check_live(live, on_finding, stop_on)
         scaler = scaler if scaler is not None else wrapper_scaler
+        _check_flush_seconds(flush_seconds)
         self._compiled = hasattr(model, "_orig_mod")
         model = getattr(model, "_orig_mod", model)  # a torch.compile'd module: name rows as the original
         self._rank0 = distributed.rank() == 0
@@ -103,6 +115,11 @@ class Scope:
                scaler: torch.amp.GradScaler | None, compact: bool, claim: Any, live_args: tuple[Any, ...]) -> None:
         live, on_finding, stop_on, rule = live_args
         self.every, self.flush_every, self.update_every = every, flush_every, update_every
+        # Time-based flushes only in a single process: every rank must flush at the same step, because
+        # a flush all-reduces the non-finite counts.
+        self.flush_seconds = flush_seconds if distributed.world_size() == 1 else None
+        self._flushed_at = time.monotonic()
+        self._recorded = 0  # steps handed to the writer so far, for the early flushes
         self.activations, self.flow = activations, flow
         self._model: nn.Module | None = model
         self._optimizers: list[torch.optim.Optimizer] = opts
@@ -128,9 +145,9 @@ class Scope:
         self._config = {
             "include": list(include) if include is not None else None,
             "exclude": list(exclude) if exclude is not None else None,
-            "every": every, "flush_every": flush_every, "update_every": update_every,
-            "activations": activations, "flow": flow, "optimizers": len(opts),
-            "model": type(model).__name__, "started": time.time(),
+            "every": every, "flush_every": flush_every, "flush_seconds": flush_seconds,
+            "update_every": update_every, "activations": activations, "flow": flow, "optimizers": len(opts),
+            "model": type(model).__name__, "started": self._buffers.origin,
             "world_size": distributed.world_size(), "amp": scaler is not None,
             "live": live, "stop_on": stop_on if stop_on is None or isinstance(stop_on, str) else sorted(stop_on),
         }
@@ -161,6 +178,9 @@ class Scope:
                                  f"another name, e.g. scope.log(my_{name}=...)")
         slot = state.ensure_slot()
         for name, value in scalars.items():
+            if name == fmt.WALL_TIME:
+                raise ValueError(f"scope.log({name}=...): {name} is gradscope's own per-step wall time; "
+                                 "log yours under another name")
             if isinstance(value, Tensor):
                 if value.numel() != 1:
                     raise ValueError(f"scope.log({name}=...) needs a scalar, got a tensor of shape "
@@ -330,6 +350,8 @@ class Scope:
         """The optimizer stepped: the step closes at the next activity. Hooks follow the schedule."""
         state = self._state
         state.stepped = True
+        if state.slot is not None:
+            self._buffers.stamp(state.slot)
         if self._toggle and not self._root_seen:
             # The loop calls submodules, not the model: without the root pre-hook nothing would mark
             # where an unrecorded step starts, so the hooks stay on.
@@ -377,12 +399,23 @@ class Scope:
         state.index += 1
         state.stepped = False
         state.slot = None
-        if flush and self._buffers.full:
+        if flush and self._flush_due():
             self._flush()
+
+    def _flush_due(self) -> bool:
+        """Buffers full, ``flush_seconds`` passed, or the 1st / 10th recorded step waiting (host only)."""
+        n = len(self._buffers)
+        if not n:
+            return False
+        if self._buffers.full or self._recorded + n in EARLY_FLUSHES:
+            return True
+        return self.flush_seconds is not None and time.monotonic() - self._flushed_at >= self.flush_seconds
 
     def _commit_step(self) -> None:
         slot = self._state.slot
         assert slot is not None
+        if self._buffers.wall[slot] != self._buffers.wall[slot]:  # NaN: closed before its optimizer step
+            self._buffers.stamp(slot)
         self._module_side.commit(slot)
 
     def _flush(self, collective: bool = True) -> None:
@@ -396,6 +429,8 @@ class Scope:
             if len(self._buffers):
                 if collective and distributed.world_size() > 1:
                     distributed.reduce_nonfinite(self._buffers.filled())
+                self._recorded += len(self._buffers)
+                self._flushed_at = time.monotonic()
                 take = self._buffers.take()
                 job, done = self._stopper.chunk_job(self._writer, lambda: self._keep_latest(take()))
                 self._writer.submit(job)
@@ -422,6 +457,7 @@ def watch(
     exclude: Sequence[str] | None = None,
     every: int = 1,
     flush_every: int = 100,
+    flush_seconds: float | None = 30.0,
     activations: bool = True,
     flow: bool = True,
     update_every: int = 10,
@@ -438,7 +474,9 @@ def watch(
 
     ``include``/``exclude`` are glob patterns on parameter and module names; ``every`` records every
     N-th optimizer step; ``update_every`` samples the update ratio (it needs a weight copy) every N
-    recorded steps; ``flush_every`` steps are copied to the host and written at once;
+    recorded steps; ``flush_every`` steps are copied to the host and written at once, or fewer when
+    ``flush_seconds`` have passed (None: only by count; single process only), and the 1st and 10th
+    recorded steps early, so TensorBoard shows a run within seconds;
     ``scaler``: the GradScaler under AMP, so statistics are unscaled and skipped steps recorded;
     ``tensorboard`` mirrors the run into ``log_dir/tb`` (None: when tensorboard is installed);
     ``compact`` merges the chunks into one memory-mappable array per metric at close (fast reading);
@@ -452,7 +490,7 @@ def watch(
     """
     return Scope(
         model, optimizer, log_dir=log_dir, include=include, exclude=exclude, every=every,
-        flush_every=flush_every, activations=activations, flow=flow, update_every=update_every,
-        overwrite=overwrite, tensorboard=tensorboard, scaler=scaler, compact=compact, start_step=start_step,
-        live=live, on_finding=on_finding, stop_on=stop_on,
+        flush_every=flush_every, flush_seconds=flush_seconds, activations=activations, flow=flow,
+        update_every=update_every, overwrite=overwrite, tensorboard=tensorboard, scaler=scaler,
+        compact=compact, start_step=start_step, live=live, on_finding=on_finding, stop_on=stop_on,
     )

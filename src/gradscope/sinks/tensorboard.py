@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.run.format import Row
+from gradscope.run.format import WALL_TIME, Row
 from gradscope.run.groups import Grouping, block_of, group_median, group_norm, group_rows
 from gradscope.sinks import tb_files as pb
 
@@ -81,6 +81,7 @@ class TensorBoardSink:
         self._main = pb.EventFile(self.log_dir)
         self._layer_files: dict[str, pb.EventFile] = {}
         self._rows: list[Row] = []
+        self._started: float | None = None
         self._grouping: Grouping | None = None
         self._scalar_names: set[str] = set()
         self._layout_key: Any = None
@@ -150,6 +151,8 @@ class TensorBoardSink:
 
     def _on_manifest(self, manifest: dict[str, Any]) -> None:
         self._rows = [Row.from_json(r) for r in manifest.get("rows", [])]
+        started = (manifest.get("config") or {}).get("started")
+        self._started = float(started) if isinstance(started, (int, float)) else None
         self._grouping = group_rows(self._rows)
         if not self._config_written:
             self._config_written = True
@@ -160,8 +163,8 @@ class TensorBoardSink:
 
     def _on_chunk(self, arrays: dict[str, np.ndarray]) -> None:
         steps = np.asarray(arrays["step"])
-        wall = _wall_times(arrays.get("wall_time"), len(steps))
         scalars = {k[len("scalar/"):]: v for k, v in arrays.items() if k.startswith("scalar/")}
+        wall = _wall_times(scalars.pop(WALL_TIME, None), self._started, len(steps))
         self._scalar_names |= set(scalars)
         grouping = self._grouping or group_rows(self._rows)
         self._maybe_write_layout(grouping)
@@ -344,12 +347,13 @@ class TensorBoardSink:
         self._drawn_at, self._undrawn = now, False
 
 
-def _wall_times(wall: np.ndarray | None, n: int) -> np.ndarray:
-    """Each step's recorded host wall time; now for steps (or old runs) without one."""
+def _wall_times(rel: np.ndarray | None, started: float | None, n: int) -> np.ndarray:
+    """Each step's recorded host wall time (``started`` + seconds since); now for steps (or runs
+    recorded before wall times were kept) without one."""
     now = time.time()
-    if wall is None:
+    if rel is None or started is None:
         return np.full(n, now)
-    w = np.asarray(wall, np.float64)
+    w = started + np.asarray(rel, np.float64)
     return np.where(np.isfinite(w), w, now)
 
 

@@ -20,7 +20,7 @@ from gradscope.run.reader import RunError
 def recorded(run_dir):
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradscope.watch(model, opt, log_dir=run_dir, flush_every=3) as scope:
+    with gradscope.watch(model, opt, log_dir=run_dir, flush_every=3, flush_seconds=None) as scope:
         for _ in range(8):
             model(torch.randn(5, 4)).pow(2).mean().backward()
             opt.step()
@@ -96,7 +96,7 @@ def test_rows_added_later_are_padded_with_nan(run_dir):
 
     model = Late()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradscope.watch(model, opt, log_dir=run_dir, flush_every=2) as scope:
+    with gradscope.watch(model, opt, log_dir=run_dir, flush_every=2, flush_seconds=None) as scope:
         for step in range(5):
             model(torch.randn(2, 3), step >= 3).sum().backward()
             opt.step()
@@ -150,6 +150,7 @@ def test_unwritable_log_dir_warns_once_and_training_continues(tmp_path):
 def _record(run_dir, steps=8, flush_every=3, **kw):
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    kw.setdefault("flush_seconds", None)  # chunks by count, as these tests lay them out
     with gradscope.watch(model, opt, log_dir=run_dir, flush_every=flush_every, **kw) as scope:
         for _ in range(steps):
             loss = model(torch.randn(5, 4)).pow(2).mean()

@@ -105,7 +105,7 @@ def test_count_only_without_flush_seconds(tmp_path):
             time.sleep(0.01)
             _step(m, opt)
         scope.flush(wait=True)
-        assert _chunks(tmp_path / "r") == 3  # 1st, 10th, and the explicit flush
+        assert _chunks(tmp_path / "r") == 1  # only the explicit flush: no early, no timed ones
 
 
 @pytest.mark.parametrize("bad", [0, -1, "30", True])

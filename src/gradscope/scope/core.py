@@ -115,8 +115,8 @@ class Scope:
                scaler: torch.amp.GradScaler | None, compact: bool, claim: Any, live_args: tuple[Any, ...]) -> None:
         live, on_finding, stop_on, rule = live_args
         self.every, self.flush_every, self.update_every = every, flush_every, update_every
-        # Time-based flushes only in a single process: every rank must flush at the same step, because
-        # a flush all-reduces the non-finite counts.
+        # Time-based (and early) flushes only in a single process: every rank must flush at the same
+        # step, because a flush all-reduces the non-finite counts.
         self.flush_seconds = flush_seconds if distributed.world_size() == 1 else None
         self._flushed_at = time.monotonic()
         self._recorded = 0  # steps handed to the writer so far, for the early flushes
@@ -403,13 +403,14 @@ class Scope:
             self._flush()
 
     def _flush_due(self) -> bool:
-        """Buffers full, ``flush_seconds`` passed, or the 1st / 10th recorded step waiting (host only)."""
+        """Buffers full; with ``flush_seconds``: that long since the last flush, or the 1st / 10th
+        recorded step waiting. Host clock and counters only."""
         n = len(self._buffers)
-        if not n:
+        if not n or self._buffers.full:
+            return n > 0
+        if self.flush_seconds is None:
             return False
-        if self._buffers.full or self._recorded + n in EARLY_FLUSHES:
-            return True
-        return self.flush_seconds is not None and time.monotonic() - self._flushed_at >= self.flush_seconds
+        return self._recorded + n in EARLY_FLUSHES or time.monotonic() - self._flushed_at >= self.flush_seconds
 
     def _commit_step(self) -> None:
         slot = self._state.slot

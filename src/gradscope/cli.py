@@ -177,6 +177,8 @@ def _analyze_config(sets: tuple[str, ...], config: Path | None) -> dict:
               "of objects for several runs); markdown: for issues and PRs.")
 @click.option("--plots", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Write PNG figures to this directory (one sub-directory per run for several runs).")
+@click.option("--html", "html_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write one self-contained HTML report (every RUN side by side) to this file.")
 @click.option("--fail-on", type=click.Choice(["warning", "error"]), default=None,
               help="Exit with code 1 when a finding at this severity or worse is found (CI gate).")
 @click.option("--steps", "steps_text", default=None, metavar="A:B",
@@ -187,7 +189,7 @@ def _analyze_config(sets: tuple[str, ...], config: Path | None) -> dict:
               help="Override a threshold, e.g. --set vanishing.ratio=1e-4 (repeatable).")
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Thresholds from a JSON or TOML file: {\"vanishing\": {\"ratio\": 1e-4}}.")
-def analyze(runs: tuple[Path, ...], fmt: str, plots: Path | None, fail_on: str | None,
+def analyze(runs: tuple[Path, ...], fmt: str, plots: Path | None, html_out: Path | None, fail_on: str | None,
             steps_text: str | None, layers: tuple[str, ...], sets: tuple[str, ...],
             config: Path | None) -> None:
     """Diagnose recorded RUN directories: verdict, findings with fixes, gradient norms by depth.
@@ -214,6 +216,8 @@ def analyze(runs: tuple[Path, ...], fmt: str, plots: Path | None, fail_on: str |
     results = [(run, diagnose(run, cfg)) for run in loaded]
     if plots is not None:
         _write_analyze_plots(results, plots)
+    if html_out is not None:
+        _write_analyze_html(results, html_out)
     if fmt == "json":
         payload = [report_json(r, f) for r, f in results]
         click.echo(dumps(payload[0] if len(payload) == 1 else payload))
@@ -229,6 +233,21 @@ def analyze(runs: tuple[Path, ...], fmt: str, plots: Path | None, fail_on: str |
         gate = {"warning": 1, "error": 2}[fail_on]
         if any(f.severity.rank >= gate for _, found in results for f in found):
             sys.exit(EXIT_GATE)
+
+
+def _write_analyze_html(results: list, out: Path) -> None:
+    from gradscope._optional import MissingDependencyError
+    from gradscope.report.html import write_html
+
+    if out.is_dir():
+        fail(f"--html {out} is a directory: give a file name, e.g. {out / 'report.html'}")
+    try:
+        path = write_html(results, out)
+    except MissingDependencyError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write the HTML report to {out}: {exc}; choose a writable path")
+    _console(stderr=True).print(f"html: {path}", soft_wrap=True)
 
 
 def _write_analyze_plots(results: list, out: Path) -> None:

@@ -72,6 +72,11 @@ ACT_METRICS = (("zero_frac", "exactly zero"), ("sat_frac", "saturated (bounded)"
 
 def activation_health(run: Run, path: Path) -> Path:
     """Median zero, saturation and dead-unit fractions of each module output (or block) by depth."""
+    return _save(activation_health_figure(run), path)
+
+
+def activation_health_figure(run: Run) -> Any:
+    """The activation-health figure: bars per module output, or a line per block past LABEL_ROWS."""
     rows = run.rows_of("act")
     grouping = group_rows(run.rows)
     kept = [(g.label, cols) for g, cols in zip(grouping.groups, grouping.of("act"), strict=True) if cols]
@@ -84,7 +89,7 @@ def activation_health(run: Run, path: Path) -> Path:
     ax.set_ylabel("fraction of outputs / units (median over steps)")
     if not rows:
         ax.text(0.5, 0.5, "no module outputs recorded", ha="center", va="center", transform=ax.transAxes)
-        return _save(fig, path)
+        return fig
     meds = {}
     for metric, _ in ACT_METRICS:
         a = run.metric("act", metric).astype(np.float64)
@@ -115,7 +120,7 @@ def activation_health(run: Run, path: Path) -> Path:
     elif all(np.nan_to_num(m).max() == 0 for m in recorded):
         _note(ax, "all zero: no output is exactly 0, saturated or a dead unit (healthy by these measures)")
     ax.legend(fontsize=8, loc="upper right")
-    return _save(fig, path)
+    return fig
 
 
 def _note(ax: Any, text: str) -> None:
@@ -126,6 +131,10 @@ def _note(ax: Any, text: str) -> None:
 def global_norm(run: Run, findings: list[Finding], path: Path) -> Path:
     """Global gradient norm (pre-clip) over steps with spikes, clipped and non-finite steps marked;
     below it the logged loss (when there is one) with its spikes."""
+    return _save(global_norm_figure(run, findings), path)
+
+
+def global_norm_figure(run: Run, findings: list[Finding]) -> Any:
     loss = run.scalars.get("loss")
     has_loss = loss is not None and np.isfinite(loss).any()
     fig = _figure(10, 6.5 if has_loss else 4.5)
@@ -134,7 +143,7 @@ def global_norm(run: Run, findings: list[Finding], path: Path) -> Path:
     if has_loss:
         axes[0].set_xlabel("")
         draw_loss(axes[1], run, findings)
-    return _save(fig, path)
+    return fig
 
 
 def _spike_steps(findings: list[Finding], kind: str) -> list[int]:

@@ -39,7 +39,8 @@ def fit(tmp_path, **callback_kwargs):  # noqa: ANN001, ANN201
     g = torch.Generator().manual_seed(0)
     x = torch.randn(320, 8, generator=g)
     data = torch.utils.data.TensorDataset(x, x[:, :1] * 3)
-    callback = GradScopeCallback(tensorboard=False, flush_every=FLUSH, **callback_kwargs)
+    callback = GradScopeCallback(tensorboard=False, flush_every=FLUSH, flush_seconds=None,  # count-based flushes
+                                 **callback_kwargs)
     trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=1,
                          logger=pl.loggers.CSVLogger(str(tmp_path / "logs"), name="exp"), callbacks=[callback])

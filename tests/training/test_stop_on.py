@@ -38,6 +38,7 @@ def train(m: nn.Module, log_dir, steps: int = 100, **kw) -> tuple[gradscope.Scop
     g = torch.Generator().manual_seed(1)
     done: list[int] = []
     kw.setdefault("tensorboard", False)
+    kw.setdefault("flush_seconds", None)  # chunks by count: the stop steps asserted below follow them
     with gradscope.watch(m, opt, log_dir=log_dir, **kw) as scope:
         for t in range(steps):
             x = torch.randn(32, 2, generator=g)
@@ -119,7 +120,7 @@ def test_on_finding_sees_nan_during_training_and_log_line_once(tmp_path, caplog)
     torch.set_num_threads(1)
     opt = torch.optim.Adam(m.parameters(), 1e-2)
     with caplog.at_level(logging.INFO, logger="gradscope"):
-        with gradscope.watch(m, opt, log_dir=tmp_path / "run", flush_every=10, tensorboard=False,
+        with gradscope.watch(m, opt, log_dir=tmp_path / "run", flush_every=10, tensorboard=False, flush_seconds=None,
                              on_finding=on_finding) as scope:
             for t in range(80):
                 loss = m(torch.randn(8, 2)).square().mean()

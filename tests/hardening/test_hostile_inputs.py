@@ -45,7 +45,8 @@ def analyze(*args: str, timeout: float = 120) -> tuple[int, str, str, int]:
 def run_dir(tmp_path):
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    with gradscope.watch(model, opt, log_dir=tmp_path / "run", flush_every=4, tensorboard=False) as scope:
+    with gradscope.watch(model, opt, log_dir=tmp_path / "run", flush_every=4, tensorboard=False,
+                         flush_seconds=None) as scope:  # two chunks of 4: chunk 2 is new
         train(model, opt, 8, scope=scope)
     return tmp_path / "run"
 

@@ -179,9 +179,6 @@ class Scope:
                                  f"another name, e.g. scope.log(my_{name}=...)")
         slot = state.ensure_slot()
         for name, value in scalars.items():
-            if name == fmt.WALL_TIME:
-                raise ValueError(f"scope.log({name}=...): {name} is gradscope's own per-step wall time; "
-                                 "log yours under another name")
             if isinstance(value, Tensor):
                 if value.numel() != 1:
                     raise ValueError(f"scope.log({name}=...) needs a scalar, got a tensor of shape "

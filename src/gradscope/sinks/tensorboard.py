@@ -59,7 +59,7 @@ MAX_ROW_TAGS = 1024  # per-row tags of one kind at most; past that the group ser
 IMAGE_SECONDS = 60.0  # the image is redrawn at a flush at most this often (and once more at close);
 # drawing takes ~0.3 s of the writer thread
 HISTORY = 4 * 800  # steps of gradient history kept for the image (halved by pairs past that)
-SUMMARY_CELLS = 2_000_000  # close() diagnoses the run itself only up to steps x rows of this size
+SUMMARY_CELLS = 250_000  # without live findings, close() diagnoses the run itself only up to steps x rows
 
 
 def row_tag(group: str, role: str) -> str:

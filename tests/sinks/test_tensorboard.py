@@ -79,8 +79,9 @@ def expected_series(run) -> dict[tuple[str, str], tuple[list[int], np.ndarray]]:
     """(run below tb/, tag) -> (steps, float32 values) that the sink must have written for ``run``,
     from the run's arrays and a float64 L2 norm over each block's rows computed here."""
     out = {}
-    for name, values in run.scalars.items():
-        out[("", f"global/{name}")] = (run.steps.tolist(), values)
+    for name, values in run.scalars.items():  # NaN = not recorded at that step (sampled scalars)
+        keep = np.isfinite(values)
+        out[("", f"global/{name}")] = (run.steps[keep].tolist(), values[keep])
     blocks = {"blocks.0": "00 blocks.0", "blocks.1": "01 blocks.1", "blocks.2": "02 blocks.2", "head": "03 head"}
     for kind, metric, group in (("param", "grad_norm", "grad_norm"), ("flow", "norm", "flow_norm"),
                                 ("act", "std", "act_std")):

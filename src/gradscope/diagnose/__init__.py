@@ -19,11 +19,15 @@ from gradscope.diagnose import (
     exception,
     exploding,
     frozen,
+    inputs,
     learning_rate,
     nonfinite,
+    optimizer,
     plateau,
+    rnn,
     saturation,
     spike,
+    stale,
     unused,
     update_ratio,
     vanishing,
@@ -35,11 +39,16 @@ from gradscope.diagnose.findings import FINDINGS_SCHEMA, Finding, Severity
 from gradscope.diagnose.link import link
 from gradscope.run.reader import Run
 
-DETECTORS = (exception, nonfinite, learning_rate, vanishing, exploding, spike, dead_units, saturation,
-             unused, frozen, update_ratio, plateau)
+DETECTORS = (exception, stale, optimizer, inputs, nonfinite, learning_rate, vanishing, exploding, rnn,
+             spike, dead_units, saturation, unused, frozen, update_ratio, plateau)
 DEFAULT_CONFIG = defaults(DETECTORS)
+# For live use (#18, on the writer thread): these sort every column over all steps (the depth
+# profiles of vanishing/exploding, spike's windowed medians and MADs, learning_rate's per-layer
+# medians); on 100k steps x 500 rows each takes ~0.1-1 s, so run them every few flushes, not every
+# flush. The rest are a few vectorised passes over scalars or one metric (milliseconds).
+EXPENSIVE = ("vanishing", "exploding", "spike", "learning_rate", "dead_units", "saturation")
 
-__all__ = ["DEFAULT_CONFIG", "DETECTORS", "FINDINGS_SCHEMA", "ConfigError", "Finding", "Severity",
+__all__ = ["DEFAULT_CONFIG", "DETECTORS", "EXPENSIVE", "FINDINGS_SCHEMA", "ConfigError", "Finding", "Severity",
            "coverage", "diagnose", "link", "resolve_config"]
 
 

@@ -167,6 +167,15 @@ def used_param_cols(run: Run) -> list[int]:
 
 
 @_memo
+def sampled_steps(run: Run) -> np.ndarray:
+    """Step indices where the update ratio was sampled (any parameter has a finite value)."""
+    ur = run.metric("param", "update_ratio")
+    if ur.shape[1] == 0:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.isfinite(ur).any(axis=1))
+
+
+@_memo
 def weight_profile(run: Run) -> Profile:
     """RMS gradient (norm / sqrt(numel)) of each used trainable weight (>= 2-D, dense) by depth.
 
@@ -268,6 +277,8 @@ class LossTrend:
     best_improvement: float  # (start - best) / |start|
     first_step: int
     last_step: int
+    late_low: float  # lowest and highest block median over the second half of the losses
+    late_high: float
 
 
 @_memo
@@ -283,10 +294,13 @@ def loss_trend(run: Run) -> LossTrend | None:
     vals = loss[idx]
     edge = max(5, idx.size // 10)
     start, end = float(np.median(vals[:edge])), float(np.median(vals[-edge:]))
-    best = float(np.min(block_reduce(vals[:, None], edge)[:, 0]))
+    blocks = block_reduce(vals[:, None], edge)[:, 0]
+    best = float(np.min(blocks))
+    late = blocks[blocks.size // 2:]
     scale = max(abs(start), 1e-12)
     return LossTrend(int(idx.size), start, end, min(best, end), (start - end) / scale,
-                     (start - min(best, end)) / scale, int(run.steps[idx[0]]), int(run.steps[idx[-1]]))
+                     (start - min(best, end)) / scale, int(run.steps[idx[0]]), int(run.steps[idx[-1]]),
+                     float(np.min(late)), float(np.max(late)))
 
 
 def optimizer_types(run: Run) -> list[str]:
@@ -309,13 +323,19 @@ def adaptive(run: Run) -> bool | None:
 
 
 def clipping(run: Run) -> str | None:
-    """How the loop clips gradients, when the run shows it (gradscope.clip's clip_coef): a phrase
-    for remedies, or None."""
+    """How the loop clips gradients, when the run shows it (gradscope.clip's clip_coef, or a global
+    norm at optimizer.step() below the backward-end norm: torch's clip_grad_norm_, accelerate's
+    clip): a phrase for remedies, or None."""
     coef = run.scalars.get("clip_coef")
     if coef is not None and np.isfinite(coef).any():
         frac = float(np.mean(coef[np.isfinite(coef)] < 1.0))
         return f"the run already clips gradients (clip coefficient < 1 on {frac:.0%} of steps)"
-    config = run.manifest.get("config")
-    if isinstance(config, dict) and config.get("clips"):
-        return "the run already clips gradients"
+    at_step, g = run.scalars.get("grad_norm_at_step"), run.scalars.get("grad_norm")
+    if at_step is not None and g is not None:
+        ok = np.isfinite(at_step) & np.isfinite(g) & (g > 0)
+        if ok.any():
+            cut = at_step[ok] < 0.99 * g[ok]  # the optimizer got smaller gradients than backward made
+            if cut.any():
+                return (f"the loop clips (or scales) gradients before optimizer.step() (on {cut.mean():.0%} "
+                        "of the sampled steps the norm at the step is below the backward norm)")
     return None

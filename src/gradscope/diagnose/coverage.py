@@ -8,11 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.diagnose._util import loss_trend, used_param_cols, weight_profile
+from gradscope.diagnose._util import RNN_TYPES, SPARSE_TYPES, loss_trend, sampled_steps, used_param_cols
 from gradscope.run.reader import Run
 
 # Scalars the detectors read (a foreign TensorBoard log is useful only when it has one of these).
 KNOWN_SCALARS = ("grad_norm", "loss", "lr", "amp_scale", "amp_skipped", "clip_coef")
+
+
+def _any_finite(a: np.ndarray) -> bool:
+    """Whether ``a`` holds a finite value, looking at the first steps before the whole array."""
+    head = a[:1000]
+    return bool(np.isfinite(head).any() or np.isfinite(a[1000:]).any())
 
 
 def coverage(run: Run) -> dict[str, Any]:
@@ -27,21 +33,26 @@ def coverage(run: Run) -> dict[str, Any]:
     if sel.get("layers") and not run.rows:
         missing.append(f"per-layer checks: --layers {' '.join(sel['layers'])} matches no row")
     params = run.rows_of("param")
-    grads = len(used_param_cols(run)) if params else 0
+    used = used_param_cols(run) if params else []
+    grads = len(used)
     if grads:
-        depth = len(weight_profile(run).names)
+        depth = sum(len(params[c].shape) >= 2 and params[c].module_type not in SPARSE_TYPES | RNN_TYPES
+                    and params[c].depth is not None for c in used)  # the columns weight_profile keeps
         checked.append(f"NaN/Inf and gradient size in {grads} parameters")
         (checked if depth >= 3 else missing).append(
             f"gradient flow with depth ({depth} dense layers)" if depth >= 3
             else "gradient flow with depth: fewer than 3 dense layers got gradients")
-        ur = run.metric("param", "update_ratio")
-        (checked if np.isfinite(ur).any() else missing).append(
-            "update sizes (||dw||/||w||)" if np.isfinite(ur).any() else "update sizes: no update ratio sampled")
+        sampled = sampled_steps(run).size > 0
+        (checked if sampled else missing).append(
+            "update sizes (||dw||/||w||)" if sampled else "update sizes: no update ratio sampled")
     elif params:
         missing.append("gradients: no parameter received a gradient (no backward was recorded)")
     acts = run.rows_of("act")
-    if acts and np.isfinite(run.metric("act", "mean")).any():
+    if acts and _any_finite(run.metric("act", "mean")):
         checked.append(f"activations of {len(acts)} modules (dead units, saturation, NaN origin)")
+    elif acts:
+        missing.append("activations: no training-mode forward was recorded (the model was in eval() "
+                       "mode or under no_grad: call model.train())")
     known = [k for k in KNOWN_SCALARS if k in run.scalars and np.isfinite(run.scalars[k]).any()]
     if "grad_norm" in known:
         checked.append("spikes and growth of the global gradient norm")

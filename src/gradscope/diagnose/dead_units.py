@@ -54,14 +54,17 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
 
 
 def _starved(run: Run, depth: int | None) -> list[str]:
-    """Trainable parameters before ``depth`` whose gradient was exactly zero on every step."""
+    """Trainable parameters whose gradient was exactly zero on every step because of the dead layer
+    at ``depth``: every one before it, and the weight of the layer that reads its (all-zero) output."""
     if depth is None:
         return []
     from gradscope.diagnose.unused import unused_cols
 
     _, zeros = unused_cols(run, 1)
     rows = run.rows_of("param")
-    return [rows[c].name for c in zeros if rows[c].depth is not None and rows[c].depth < depth]
+    after = [r.depth for r in rows if r.depth is not None and r.depth > depth]
+    reader = min(after) if after else depth
+    return [rows[c].name for c in zeros if rows[c].depth is not None and rows[c].depth <= reader]
 
 
 def _median(col: np.ndarray) -> float | None:

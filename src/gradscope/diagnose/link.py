@@ -50,6 +50,11 @@ def _update_side(side: str) -> Rule:
     return rule
 
 
+def _tiny_updates(cause: Finding, symptom: Finding) -> bool:
+    """Updates far too small for the weights to move: the loss cannot improve."""
+    return cause.evidence.get("side") == "low"
+
+
 def _starved(cause: Finding, symptom: Finding) -> bool:
     """Parameters that got exactly zero gradient because every unit after them is dead."""
     starved = set(cause.evidence.get("starved_params") or [])
@@ -81,6 +86,12 @@ def _depth_explosion(cause: Finding, symptom: Finding) -> bool:
     return bool(depth) and _first(cause) <= _first(symptom) and not symptom.evidence.get("adaptive")
 
 
+def _through_time_sgd(cause: Finding, symptom: Finding) -> bool:
+    """Gradients exploding through time make plain-SGD updates large (lr x gradient): the big
+    update ratio is their effect, not a learning rate chosen too high."""
+    return cause.evidence.get("direction") == "exploding" and symptom.evidence.get("adaptive") is not True
+
+
 _DOWNSTREAM = ("exploding_gradient", "gradient_spike", "dead_units", "saturation", "update_ratio",
                "nonfinite", "loss_spike", "vanishing_gradient", "amp_overflow", "loss_plateau",
                "unused_parameter")
@@ -98,7 +109,9 @@ RULES: dict[str, list[tuple[str, Rule]]] = {
     "saturation": [("vanishing_gradient", _always), ("loss_plateau", _always),
                    ("update_ratio", _update_side("low"))],
     "rnn_gradient": [("loss_plateau", _always), ("exploding_gradient", _always),
-                     ("gradient_spike", _always), ("nonfinite", _explodes_first)],
+                     ("gradient_spike", _always), ("nonfinite", _explodes_first),
+                     ("learning_rate", _through_time_sgd), ("vanishing_gradient", _always),
+                     ("update_ratio", _always)],
     "exploding_gradient": [("nonfinite", _explodes_first), ("gradient_spike", _in_stretch),
                            ("loss_spike", _in_stretch), ("amp_overflow", _not_before),
                            ("update_ratio", _update_side("high")), ("learning_rate", _depth_explosion),
@@ -107,6 +120,7 @@ RULES: dict[str, list[tuple[str, Rule]]] = {
     "nonfinite": [("gradient_spike", _not_before), ("loss_spike", _not_before),
                   ("amp_overflow", _not_before), ("exploding_gradient", _not_before)],
     "gradient_spike": [("loss_spike", _in_stretch)],
+    "update_ratio": [("loss_plateau", _tiny_updates)],
 }
 
 

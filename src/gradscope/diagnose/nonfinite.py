@@ -54,7 +54,8 @@ def scalar_only(run: Run) -> bool:
 
 def _loss_bad(run: Run) -> np.ndarray:
     """Steps whose logged loss is non-finite. NaN also means "not logged", so a NaN counts only after
-    a prefix of at least 3 steps that all logged a value (the loss is logged every step)."""
+    a prefix of at least 3 steps that all logged a value (the loss is logged every step), and not
+    when it is the last step alone (a loop that stopped before logging)."""
     loss = run.scalars.get("loss")
     if loss is None:
         return np.zeros(run.num_steps, bool)
@@ -62,6 +63,8 @@ def _loss_bad(run: Run) -> np.ndarray:
         return logged_nonfinite(run, "loss")
     bad = np.isinf(loss)
     nan = np.flatnonzero(np.isnan(loss))
+    if nan.size and nan[0] == loss.shape[0] - 1:
+        return bad  # only the last step: the loop stopped (or crashed) before logging its loss
     if nan.size and nan[0] >= 3:
         bad[nan[0]:] |= np.isnan(loss[nan[0]:])
     return bad
@@ -92,12 +95,37 @@ def _by_depth(run: Run, kind: str, mask: np.ndarray) -> list[int]:
     return [c for c in run.depth_order(kind) if mask[c]]
 
 
+def _container_at(run: Run, i: int) -> dict[str, Any] | None:
+    """The earliest container whose output was non-finite at step index ``i`` (from the scalar
+    ``nonfinite_container`` and the manifest's ``containers``), or None."""
+    s = run.scalars.get("nonfinite_container")
+    blocks = run.manifest.get("containers")
+    if s is None or not isinstance(blocks, list) or not np.isfinite(s[i]) or s[i] < 0:
+        return None  # -1: no container output was non-finite
+    k = int(s[i])
+    if not 0 <= k < len(blocks) or not isinstance(blocks[k], dict):
+        return None
+    b = blocks[k]
+    if not isinstance(b.get("name"), str) or not isinstance(b.get("after_depth"), int):
+        return None
+    return b
+
+
 def origin_at(run: Run, i: int, act: np.ndarray, flow: np.ndarray, par: np.ndarray,
               loss_bad: bool) -> dict[str, Any]:
     """{layer, step, phase, module_type} of the producer at step index ``i``."""
     step = int(run.steps[i])
     acts, flows, pars = run.rows_of("act"), run.rows_of("flow"), run.rows_of("param")
+    inp = run.scalars.get("input_nonfinite")
+    if inp is not None and inp[i] > 0:
+        return {"layer": "input", "step": step, "phase": "input", "module_type": None}
     bad_act = _by_depth(run, "act", act[i])
+    block = _container_at(run, i)
+    if block is not None and (not bad_act or (acts[bad_act[0]].depth or 0) > block["after_depth"]):
+        # The block's output went non-finite while every leaf that ran before it was finite: its
+        # own maths (between or after its children) made it.
+        return {"layer": block["name"], "step": step, "phase": "forward",
+                "module_type": block.get("module_type")}
     if bad_act:
         r = acts[bad_act[0]]
         return {"layer": r.name, "step": step, "phase": "forward", "module_type": r.module_type}
@@ -135,7 +163,13 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     else:
         gbad = np.isinf(g) if g is not None else np.zeros(run.num_steps, bool)
     skipped = amp_skipped(run)
-    step_bad = (act.any(axis=1) | flow.any(axis=1) | par.any(axis=1) | loss | gbad) & ~skipped
+    extra = np.zeros(run.num_steps, bool)
+    for name in ("input_nonfinite", "nonfinite_container"):
+        v = run.scalars.get(name)
+        if v is not None:
+            with np.errstate(invalid="ignore"):
+                extra |= (v > 0) if name == "input_nonfinite" else (v >= 0)
+    step_bad = (act.any(axis=1) | flow.any(axis=1) | par.any(axis=1) | loss | gbad | extra) & ~skipped
     found = amp_finding(run, skipped, cfg)
     idx = np.flatnonzero(step_bad)
     if idx.size == 0:
@@ -158,7 +192,9 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         "recovered": bool(not step_bad[-1]),
     }
     named = f"{origin['layer']} ({origin['module_type']})"
-    if origin["phase"] == "forward":
+    if origin["phase"] == "input":
+        where = "the input batch itself (the data, before any layer)"
+    elif origin["phase"] == "forward":
         where = f"the output of {named} in the forward pass"
     elif origin["layer"] not in (None, "loss"):
         where = f"the backward of {named}"
@@ -221,6 +257,10 @@ def _remedy(o: dict[str, Any]) -> str:
     amp = ("Under fp16 AMP, use torch.amp.GradScaler (it skips Inf steps and lowers the loss scale) and "
            "pass it to gradscope.watch(model, optimizer, scaler=scaler), so a skipped step is recorded as an "
            "AMP skip rather than as this failure; or train in bf16.")
+    if o["phase"] == "input":
+        return (f"The batch at step {step} already holds NaN/Inf before the model sees it: check the "
+                "data pipeline (a corrupt file, a division by a zero std in normalisation, a missing "
+                "value read as NaN); filter or assert torch.isfinite(x).all() in the data loader.")
     if o["phase"] == "forward":
         return (f"Look at the forward of {o['layer']} ({o['module_type']}): an op there turns finite "
                 "inputs into NaN/Inf: log or sqrt of a value <= 0, division by ~0, exp overflow, "

@@ -1,11 +1,13 @@
 """loss_plateau: the loss does not move while the gradients are finite: stuck at its start value,
 or at chance level (ln(num_classes) for cross-entropy over the head's outputs).
 
-Flagged when the median of the last tenth of the logged losses is within ``improvement`` of the
-median of the first tenth, and no block in between got lower by more than twice that (a loss that
-dropped and came back up is divergence, not a plateau). The message points at the causes the other
-evidence supports: tiny updates (learning rate too low or decayed to 0), a mostly frozen model,
-vanishing gradients. Cheap: medians of one scalar.
+Flagged when the median of the last tenth of the logged losses is not lower than the median of
+the first tenth by ``improvement``, and the loss neither fell by 30 % in between (a fall and rise
+is divergence) nor blew up; or when it stays within ``chance_tol`` of ln(C) (C the head's outputs)
+over the second half of the run without ever getting below it (a loss passing through ln(C) on its
+way down is learning). The message points at the causes the other evidence supports: tiny
+updates (learning rate too low or decayed to 0), a mostly frozen model, vanishing gradients.
+Cheap: medians of one scalar.
 """
 
 from __future__ import annotations
@@ -30,10 +32,20 @@ DEFAULTS: dict[str, float] = {"improvement": IMPROVEMENT, "chance_tol": CHANCE_T
 
 
 def stuck(run: Run, cfg: dict[str, float]) -> bool:
-    """Whether the loss of ``run`` stayed where it started (see the module docstring)."""
+    """Whether the loss of ``run`` stayed where it started, or ended at chance level without ever
+    getting below it (see the module docstring)."""
     t = loss_trend(run)
-    return t is not None and t.improvement < cfg["improvement"] and t.best_improvement < 2 * cfg[
-        "improvement"] and t.end <= t.start * (1 + 5 * cfg["improvement"]) + 1e-12
+    if t is None:
+        return False
+    c = head_classes(run)
+    if c is not None:
+        chance = math.log(c)
+        tol = cfg["chance_tol"] * chance
+        if abs(t.end - chance) <= tol and t.best >= chance - tol and t.late_high <= chance + tol:
+            return True  # at chance over the whole second half, never below it
+    # Not lower by the bar (a loss that moved up by noise is not improving either), and neither a
+    # fall and rise (divergence, for the explosion and learning-rate checks) nor a blow-up.
+    return t.improvement < cfg["improvement"] and t.best_improvement < 0.3 and t.end <= 1.5 * t.start
 
 
 def head_classes(run: Run) -> int | None:

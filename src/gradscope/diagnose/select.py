@@ -52,5 +52,22 @@ def select(run: Run, steps: tuple[int | None, int | None] | None = None,
     scalars = {k: v[keep] for k, v in run.scalars.items()}
     lo, hi = (int(run.steps[keep][0]), int(run.steps[keep][-1])) if keep.any() else (0, -1)
     events = [e for e in run.events if not isinstance(e.get("step"), int) or lo <= e["step"] <= hi]
-    return dataclasses.replace(run, rows=rows, steps=run.steps[keep], metrics=metrics, scalars=scalars,
-                               events=events, wall_time=run.wall_time[keep])
+    chosen = {"steps": None if steps is None else f"{'' if steps[0] is None else steps[0]}:"
+                                                  f"{'' if steps[1] is None else steps[1]}",
+              "layers": list(layers) if layers else None}
+    manifest = {**run.manifest, "selection": chosen}  # what coverage() reports as not checked
+    return dataclasses.replace(run, manifest=manifest, rows=rows, steps=run.steps[keep], metrics=metrics,
+                               scalars=scalars, events=events, wall_time=run.wall_time[keep])
+
+
+def empty_selection(full: Run, chosen: Run) -> str | None:
+    """Why a selection leaves nothing to check (for a CLI error), or None when something is left."""
+    sel = chosen.manifest.get("selection") or {}
+    if full.num_steps and not chosen.num_steps and sel.get("steps"):
+        return (f"--steps {sel['steps']} selects no recorded step of {full.path} (it has steps "
+                f"{int(full.steps[0])}-{int(full.steps[-1])})")
+    if full.rows and not chosen.rows and sel.get("layers"):
+        names = ", ".join(r.name for r in full.rows[:4])
+        return (f"--layers {' '.join(sel['layers'])} matches no row of {full.path}; its rows are named "
+                f"like {names} (quote the glob: --layers 'encoder.*')")
+    return None

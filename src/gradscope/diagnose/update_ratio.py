@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradscope.diagnose._util import SPARSE_TYPES, clipping, nanmedian, stretch, used_param_cols
+from gradscope.diagnose._util import SPARSE_TYPES, clipping, nanmedian, sampled_steps, stretch, used_param_cols
 from gradscope.diagnose.findings import Finding, Severity
 from gradscope.run.reader import Run
 
@@ -36,7 +36,8 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     rows = run.rows_of("param")
     cols = [c for c in used_param_cols(run) if len(rows[c].shape) >= 2
             and rows[c].module_type not in SPARSE_TYPES]
-    sub = ur[:, cols]
+    sampled = sampled_steps(run)
+    sub = ur[sampled][:, cols]  # only the sampled steps hold values
     valid = np.isfinite(sub)
     n = valid.sum(axis=0)
     med = nanmedian(np.where(valid, sub, np.nan), axis=0)
@@ -47,7 +48,9 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         ok = (n >= cfg["min_samples"]) & (hit.sum(axis=0) >= cfg["persist"] * np.maximum(n, 1))
         layers = [rows[cols[k]].name for k in np.flatnonzero(ok)]
         meds = [float(med[k]) for k in np.flatnonzero(ok)]
-        hits = hit[:, ok].any(axis=1) if ok.any() else np.zeros(run.num_steps, bool)
+        hits = np.zeros(run.num_steps, bool)
+        if ok.any():
+            hits[sampled] = hit[:, ok].any(axis=1)
         if layers:
             findings.append(_finding(run, side, layers, meds, hits, cfg))
     return findings

@@ -18,18 +18,29 @@ _SPARK = "▁▂▃▄▅▆▇█"
 
 
 def abbreviate(name: str, width: int = NAME_WIDTH) -> str:
-    """``name`` cut from the left to ``width`` characters, at a dot where possible, marked with ``…``."""
+    """``name`` shortened from the left to ``width`` characters: path parts become their first
+    letter, leftmost first (``bert.encoder.layer.#.attention.self.query.weight`` ->
+    ``b.e.l.#.a.self.query.weight``), block numbers and the last part kept; if that is still too
+    long, cut from the left and marked with ``…``."""
     if len(name) <= width:
         return name
-    tail = name[-(width - 1):]
-    dot = tail.find(".")
-    if 0 <= dot < len(tail) - 8:
-        tail = tail[dot:]
-    return "…" + tail
+    parts = name.split(".")
+    for k in range(len(parts) - 1):
+        if not (parts[k].isdigit() or parts[k] == "#"):
+            parts[k] = parts[k][:1]
+        short = ".".join(parts)
+        if len(short) <= width:
+            return short
+    short = ".".join(parts)
+    return short if len(short) <= width else "…" + short[-(width - 1):]
 
 
 def fmt_num(x: float) -> str:
-    return "-" if x != x else f"{x:.3g}"
+    """Three significant digits in at most 8 characters (1.23e-05, 0.00123, 123)."""
+    if x != x:
+        return "-"
+    text = f"{x:.3g}"
+    return text if len(text) <= 8 else f"{x:.2e}"
 
 
 def layer_summary(run: Run) -> list[dict[str, Any]]:
@@ -82,36 +93,38 @@ def grouped_summary(run: Run) -> list[dict[str, Any]]:
 
 def layer_table(run: Run, title: str | None = None, group: bool | None = None) -> Any:
     """A rich Table of the gradient norm by depth; grouped by block past GROUP_AT parameters."""
+    from rich import box
     from rich.table import Table
 
     if group is None:
         group = len(run.rows_of("param")) >= GROUP_AT
     if group:
         return _grouped_table(run, title)
-    table = Table(title=title or f"gradient norm by depth ({run.num_steps} steps)")
+    table = Table(title=title or f"gradient norm by depth ({run.num_steps} steps)", box=box.SIMPLE_HEAD)
     for col, justify in (("depth", "right"), ("parameter", "left"), ("type", "left"), ("first", "right"),
                          ("last", "right"), ("median", "right"), ("NaN", "right")):
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in layer_summary(run):
-        name = abbreviate(r["name"] + ("" if r["trainable"] else " (frozen)"))
-        table.add_row("-" if r["depth"] is None else str(r["depth"]), name, r["module_type"][:12],
+        name = abbreviate(r["name"] + ("" if r["trainable"] else " (frozen)"), 24)
+        table.add_row("-" if r["depth"] is None else str(r["depth"]), name, r["module_type"][:8],
                       fmt_num(r["first"]), fmt_num(r["last"]), fmt_num(r["median"]), str(r["nonfinite"]))
     return table
 
 
 def _grouped_table(run: Run, title: str | None) -> Any:
+    from rich import box
     from rich.table import Table
 
     n = len(run.rows_of("param"))
-    table = Table(title=title or f"gradient norm by role, over repeated blocks ({n} parameters, "
-                  f"{run.num_steps} steps; per block: median over steps)")
-    for col, justify in (("parameter (# = block)", "left"), ("type", "left"), ("blocks", "right"),
-                         ("min", "right"), ("median", "right"), ("max", "right"), ("NaN", "right")):
+    table = Table(title=title or f"gradient norm by role ({n} parameters, {run.num_steps} steps): "
+                  "n blocks (# in the name), min/median/max over blocks of each block's median", box=box.SIMPLE_HEAD)
+    for col, justify in (("parameter", "left"), ("n", "right"), ("min", "right"), ("median", "right"),
+                         ("max", "right"), ("NaN", "right")):
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in grouped_summary(run):
         name = r["name"] + (" (frozen)" if r["frozen"] == r["blocks"] else "")
-        table.add_row(abbreviate(name, 30), r["module_type"][:10], str(r["blocks"]), fmt_num(r["min"]),
-                      fmt_num(r["median"]), fmt_num(r["max"]), str(r["nonfinite"]))
+        table.add_row(abbreviate(name, 30), str(r["blocks"]), fmt_num(r["min"]), fmt_num(r["median"]),
+                      fmt_num(r["max"]), str(r["nonfinite"]))
     return table
 
 
@@ -162,16 +175,16 @@ def sparkline(values: np.ndarray, width: int = 40) -> str:
 
 
 def loss_line(run: Run) -> str | None:
-    """``loss 0.693 -> 0.041 (-94%) over 300 steps ▇▅▃▂▁``, or None when no loss was logged."""
+    """``loss 0.693 -> 0.041 (-94%) over 300 steps ▇▅▃▂▁`` (start and end: medians of the first and
+    last tenth), or None when no loss was logged."""
     loss = run.scalars.get("loss")
     if loss is None or not np.isfinite(loss).any():
         return None
     from gradscope.diagnose._util import loss_trend
 
     t = loss_trend(run)
-    spark = sparkline(loss)
+    spark = sparkline(loss, 24)
     if t is None:
         fin = loss[np.isfinite(loss)]
-        return f"loss {fin[0]:.4g} -> {fin[-1]:.4g} over {fin.size} logged steps {spark}"
-    return (f"loss {t.start:.4g} -> {t.end:.4g} ({-t.improvement:+.0%}) over {t.n} logged steps "
-            f"(medians of the first and last tenth) {spark}")
+        return f"loss {fin[0]:.4g} -> {fin[-1]:.4g} over {fin.size} steps {spark}"
+    return f"loss {t.start:.4g} -> {t.end:.4g} ({-t.improvement:+.0%}) over {t.n} steps {spark}"

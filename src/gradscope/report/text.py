@@ -150,8 +150,8 @@ def render_text(run: Run, findings: list[Finding], console: Any, table: bool = T
     style = "bold red" if c["error"] else "yellow" if c["warning"] else "bold green"
     if not cov["anything"]:
         style = "bold yellow"
-    console.print(Text.assemble((verdict(findings, cov), style),
-                                f"  {run.path}: {run.num_steps} steps, {_rows_txt(run)}"))
+    console.print(Text.assemble((verdict(findings, cov), style), f"  {run.num_steps} steps, {_rows_txt(run)}"))
+    console.print(Text(f"run: {run.path}", style="dim"), soft_wrap=True)
     head = headline(findings)
     if head is not None:
         n = len(head.consequences)
@@ -171,8 +171,9 @@ def render_text(run: Run, findings: list[Finding], console: Any, table: bool = T
             continue
         console.print(Text(f"\n{sev.upper()}S ({len(group)})", style=_STYLE[sev]))
         for f in group:
-            console.print(Text.assemble(("● ", _STYLE[sev]), (f.kind, "bold"), f" ({_steps_txt(f)})",
-                                        (f" {_layers_txt(f)}" if f.layers else "", "dim")))
+            console.print(Text.assemble(("● ", _STYLE[sev]), (f.kind, "bold"), f" ({_steps_txt(f)})"))
+            if f.layers:
+                console.print(Padding(Text(f"in {_layers_txt(f, 3)}", style="dim"), (0, 0, 0, 2)))
             console.print(Padding(Text(f.message), (0, 0, 0, 2)))
             if f.origin:
                 console.print(Padding(Text(f"origin: {json.dumps(f.to_json()['origin'])}"), (0, 0, 0, 2)))
@@ -182,9 +183,8 @@ def render_text(run: Run, findings: list[Finding], console: Any, table: bool = T
                 console.print(Padding(Text(f"symptoms it explains ({len(symptoms)}):", style="bold"),
                                       (0, 0, 0, 2)))
             for s in symptoms:
-                line = Text.assemble(("- ", "dim"), (s.kind, "bold"), f" ({_steps_txt(s)})",
-                                     (f" {_layers_txt(s, 2)}" if s.layers else "", "dim"),
-                                     f": {_first_sentence(s.message)}")
+                line = Text.assemble(("- ", "dim"), (s.kind, "bold"), f" ({_steps_txt(s)}): ",
+                                     _first_sentence(s.message))
                 console.print(Padding(line, (0, 0, 0, 4)))
     if cov["checked"] or cov["not_checked"]:
         console.print()

@@ -25,6 +25,7 @@ from gradscope.run import format as fmt
 from gradscope.run.writer import NullWriter, RunWriter, deferred_interrupts
 from gradscope.scope import amp, distributed, hooks
 from gradscope.scope.buffers import StepBuffers
+from gradscope.scope.loop import LoopChecks
 from gradscope.scope.modules import ModuleRecorder
 from gradscope.scope.params import ParamRecorder
 from gradscope.scope.rows import plan
@@ -137,6 +138,7 @@ class Scope:
                                          self._device, self._begin_activity, self._mark_stepped, self.event)
         self._stopper = Stopper.make(self.log_dir, live, on_finding, rule, self._rank0, self._device)
         sinks = [self._stopper.live] if self._stopper.live is not None else []
+        self._loop = LoopChecks(model, named, self._state, opts, self._begin_activity, self.event)
         self._writer: RunWriter | NullWriter = (
             RunWriter(self.log_dir, make_sinks(self.log_dir, tensorboard) + sinks, compact=compact, claim=claim)
             if self._rank0 else NullWriter()
@@ -148,6 +150,7 @@ class Scope:
             "exclude": list(exclude) if exclude is not None else None,
             "every": every, "flush_every": flush_every, "flush_seconds": self._flush_seconds_given,
             "update_every": update_every, "activations": activations, "flow": flow, "optimizers": len(opts),
+            "optimizer_types": [type(o).__name__ for o in opts],
             "model": type(model).__name__, "started": self._buffers.origin,
             "world_size": distributed.world_size(), "amp": scaler is not None,
             "live": live, "stop_on": stop_on if stop_on is None or isinstance(stop_on, str) else sorted(stop_on),
@@ -259,6 +262,7 @@ class Scope:
         self._optimizers, self._named = [], []
         self._param_side.close()
         self._module_side.close()
+        self._loop.close()
 
     def latest(self) -> dict[str, float]:
         """The last flushed step's headline statistics as floats (``step``, ``grad_norm``, ``loss``, ``lr``,
@@ -309,6 +313,7 @@ class Scope:
         assert self._model is not None
         self._watchdog = Watchdog(self._model, self._named, self._optimizers, self.event)
         self._handles.append(self._watchdog)
+        self._loop.attach(self._handles, module_hooks=self._module_side.hooked)
         if self._param_side.scaler is None and self._optimizers:
             self._scaler_watch = amp.ScalerStepWatch(self._on_scaler_step)
             self._handles.append(self._scaler_watch)
@@ -350,6 +355,7 @@ class Scope:
         state.stepped = True
         if state.slot is not None:
             self._buffers.stamp(state.slot)
+        self._loop.on_stepped()
         if self._toggle and not self._root_seen:
             # The loop calls submodules, not the model: without the root pre-hook nothing would mark
             # where an unrecorded step starts, so the hooks stay on.
@@ -443,6 +449,7 @@ class Scope:
     def _write_manifest(self) -> None:
         rows = list(self._rows) + self._module_side.rows()
         manifest = fmt.make_manifest(rows, self._config, self._env)
+        manifest["containers"] = self._module_side.traces.describe()
         self._writer.submit(lambda: self._writer.write_manifest(manifest))
         self._state.rows_dirty = False
 

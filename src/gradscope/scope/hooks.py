@@ -48,10 +48,26 @@ def _eager(fn: Callable[..., None]) -> Callable[..., None]:
     return hook
 
 
-def forward_hook(on_forward: Callable[[int, nn.Module, Any], None],
+def forward_hook(on_forward: Callable[[int, nn.Module, Any, Any], None],
                  module_index: int) -> Callable[[nn.Module, Any, Any], None]:
     def hook(module: nn.Module, args: Any, output: Any) -> None:
-        on_forward(module_index, module, output)
+        on_forward(module_index, module, args, output)
+
+    return _eager(hook)
+
+
+def input_pre_hook(on_input: Callable[[nn.Module, Any, Any], None]) -> Callable[..., None]:
+    """A forward pre-hook (``with_kwargs=True``) calling ``on_input(module, args, kwargs)``."""
+    def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
+        on_input(module, args, kwargs)
+
+    return _eager(hook)
+
+
+def grad_hook(on_grad: Callable[[Tensor], None]) -> Callable[[Tensor], None]:
+    """A tensor hook (it runs before the gradient is accumulated into a leaf's ``.grad``)."""
+    def hook(grad: Tensor) -> None:
+        on_grad(grad)
 
     return _eager(hook)
 

@@ -16,6 +16,7 @@ from gradscope.scope import hooks
 from gradscope.scope.accumulators import StepSums
 from gradscope.scope.rows import ModuleInfo
 from gradscope.scope.step import StepState
+from gradscope.scope.traces import RNN_TYPES, Traces
 
 
 class ModuleRecorder:
@@ -37,6 +38,7 @@ class ModuleRecorder:
         self.seen_fwd: set[int] = set()
         self.fwd_hooks: list[Any] = []
         self.flow_hooks: dict[int, Any] = {}
+        self.traces = Traces(state, device)
 
     @property
     def hooked(self) -> bool:
@@ -52,21 +54,32 @@ class ModuleRecorder:
         for (module, _), hook in zip(self.modules, self.fwd_hooks, strict=True):
             handles.append(module.register_forward_hook(hook))
 
-    def on_forward(self, mi: int, module: nn.Module, output: Any) -> None:
+    def on_forward(self, mi: int, module: nn.Module, args: Any, output: Any) -> None:
         state = self.state
         if state.closed:
             return
         info = self.modules[mi][1]
         recompute = hooks.in_backward()  # activation checkpointing re-running forward in backward
-        if info.depth is None and not recompute:
+        ranked = info.watched or bool(info.param_rows)  # containers without parameters get no depth
+        if info.container and info.order is None and not recompute:
+            self.traces.first_forward(info, self.next_depth)
+        if ranked and info.depth is None and not recompute:
             self.assign_depth(mi, info)  # depth is call order, whatever the pass
         if not module.training or not torch.is_grad_enabled():
             return  # eval and no_grad passes are not training steps
         if not recompute:
             self.begin_activity()
-        elif info.depth is None:
+        elif ranked and info.depth is None:
             self.assign_depth(mi, info)
-        if info.act_row is None or not state.scheduled():
+        if not state.scheduled():
+            return
+        if info.container and not recompute:
+            y = hooks.first_tensor(output)
+            if y is not None:
+                self.traces.on_output(info, y)
+        if info.module_type in RNN_TYPES and not recompute:
+            self.traces.on_rnn_input(mi, info.name, module, args)
+        if info.act_row is None:
             return
         r = info.act_row
         if recompute and r in self.seen_fwd:
@@ -122,6 +135,7 @@ class ModuleRecorder:
             hit = calls > 0
             buffers.put("flow", "norm", slot, torch.where(hit, sumsq.sqrt(), torch.nan).float())
             buffers.put("flow", "nonfinite", slot, torch.where(hit, nonfinite, torch.nan).float())
+        self.traces.commit(slot)
         self.seen_fwd.clear()
 
     def rows(self) -> list[Row]:

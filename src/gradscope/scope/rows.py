@@ -29,6 +29,13 @@ class ModuleInfo:
     depth: int | None = None
     act_row: int | None = None
     shape: list[int] | None = None  # output shape at the first recorded call
+    container: bool = False  # a module with children and maths of its own: its output is NaN-checked
+    order: int | None = None  # first-forward order among containers (post-order, like depth)
+    after_depth: int | None = None  # the depth of the last leaf that ran before its first forward
+
+
+# Containers that only call their children: no maths of their own, so no NaN can start there.
+PURE_CONTAINERS = frozenset({"Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"})
 
 
 def plan(
@@ -36,8 +43,10 @@ def plan(
 ) -> tuple[list[tuple[str, nn.Parameter]], list[int], list[Row], list[tuple[nn.Module, ModuleInfo]]]:
     """All named parameters (tied ones once), the watched ones, their rows, and the modules to hook.
 
-    A module is hooked when it is a selected leaf (activation and flow rows) or owns a watched
-    parameter (its first forward call gives those parameters their depth).
+    A module is hooked when it is a selected leaf (activation and flow rows), owns a watched
+    parameter (its first forward call gives those parameters their depth), or is a selected
+    container with a forward of its own (its output is checked for NaN/Inf, so that a NaN made by a
+    block's own maths is traced to the block, not to the next leaf).
     """
     named = list(model.named_parameters())
     modules = dict(model.named_modules())
@@ -55,7 +64,10 @@ def plan(
     for name, m in modules.items():
         leaf = next(iter(m.children()), None) is None
         watch = leaf and selected(name or type(m).__name__, include, exclude)
-        if watch or name in owner_rows:
-            info = ModuleInfo(name or type(m).__name__, type(m).__name__, watch, owner_rows.get(name, []))
+        container = (not leaf and type(m).__name__ not in PURE_CONTAINERS
+                     and selected(name or type(m).__name__, include, exclude))
+        if watch or name in owner_rows or container:
+            info = ModuleInfo(name or type(m).__name__, type(m).__name__, watch, owner_rows.get(name, []),
+                              container=container)
             hooked.append((m, info))
     return named, watched, rows, hooked

@@ -28,7 +28,10 @@ NAME = "plateau"
 IMPROVEMENT = 0.02
 # Within 2 % of ln(C) is "at chance level".
 CHANCE_TOL = 0.02
-DEFAULTS: dict[str, float] = {"improvement": IMPROVEMENT, "chance_tol": CHANCE_TOL}
+# A loss away from chance level is judged on at least 50 logged values (its tenths are then medians of
+# 5 or more); at chance level, 20 are enough (loss_trend's minimum).
+MIN_LOSSES = 50
+DEFAULTS: dict[str, float] = {"improvement": IMPROVEMENT, "chance_tol": CHANCE_TOL, "min_losses": MIN_LOSSES}
 
 
 def stuck(run: Run, cfg: dict[str, float]) -> bool:
@@ -44,8 +47,10 @@ def stuck(run: Run, cfg: dict[str, float]) -> bool:
         if abs(t.end - chance) <= tol and t.best >= chance - tol and t.late_high <= chance + tol:
             return True  # at chance over the whole second half, never below it
     # Not lower by the bar (a loss that moved up by noise is not improving either), and neither a
-    # fall and rise (divergence, for the explosion and learning-rate checks) nor a blow-up.
-    return t.improvement < cfg["improvement"] and t.best_improvement < 0.3 and t.end <= 1.5 * t.start
+    # fall and rise (divergence, for the explosion and learning-rate checks) nor a blow-up. Away from
+    # chance level, a noisy loss needs a longer run before "not improving" is more than noise.
+    return (t.n >= cfg["min_losses"] and t.improvement < cfg["improvement"] and t.best_improvement < 0.3
+            and t.end <= 1.5 * t.start)
 
 
 def head_classes(run: Run) -> int | None:

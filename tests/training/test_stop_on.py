@@ -179,3 +179,24 @@ def test_findings_reach_tensorboard_text(tmp_path):
     assert any("nonfinite" in t and "NaNAt" in t for t in texts)
     final = acc.Tensors("findings")[-1].tensor_proto.string_val[0].decode()  # the live list, with remedies
     assert "nonfinite" in final and "clamp" in final.lower()
+
+
+def test_time_based_flush_finds_the_nan_long_before_the_count_flush(tmp_path):
+    """flush_every=1000 but flush_seconds=0.2: the NaN at step 40 is caught at a time-based flush."""
+    import time
+
+    m = model(nan_at=40)
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(1)
+    with pytest.raises(gradscope.HealthError) as info:
+        with gradscope.watch(m, opt, log_dir=tmp_path / "run", tensorboard=False, flush_every=1000,
+                             flush_seconds=0.2, stop_on="error"):
+            for _ in range(900):
+                x = torch.randn(32, 2, generator=g)
+                nn.functional.cross_entropy(m(x), (x[:, 0] > x[:, 1]).long()).backward()
+                opt.step()
+                opt.zero_grad()
+                time.sleep(0.01)  # a step of a real model takes time: ~20 steps per 0.2 s window
+    err = info.value
+    assert (err.layer, err.phase, err.origin_step) == ("2", "forward", 40)
+    assert 40 < err.step < 900  # stopped at a time-based flush, long before the first count-based one

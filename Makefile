@@ -29,10 +29,10 @@ demo: install
 	$(PYTHON) -m gradscope.cli demo
 
 test: install-dev
-	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+	PYTHONSAFEPATH=1 $(PYTHON) -m pytest tests -q -p no:cacheprovider
 
 bench: install-dev
-	$(PYTHON) -m pytest benchmarks --benchmark-only -q
+	PYTHONSAFEPATH=1 $(PYTHON) -m pytest benchmarks --benchmark-only -q
 
 lint: install-dev
 	$(PYTHON) -m ruff check src kernels tests benchmarks examples

@@ -29,8 +29,9 @@ def bert_base(n_layers: int = 12) -> list[tuple]:
 
 
 def main(reps: int = 300) -> None:
-    import gradscope.clip as C
     from gradscope.kernels import clip_norm as K
+
+    import gradscope.clip as C
 
     for name in ("_partials_kernel", "_finalize_tensors_kernel", "_finalize_global_kernel", "_scale_kernel"):
         setattr(K, name, _NoLaunch())

@@ -18,10 +18,9 @@ import sys
 
 def ptx_accesses(arch: int = 90) -> dict[str, dict[str, list[str]]]:
     import triton
+    from gradscope.kernels import clip_norm as K
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
-    from gradscope.kernels import clip_norm as K
 
     tl = triton.language
     sig_p = {"addrs": "*i64", "numels": "*i64", "chunk_tid": "*i32", "chunk_off": "*i64", "sq_out": "*fp32",
@@ -48,10 +47,9 @@ def ptx_accesses(arch: int = 90) -> dict[str, dict[str, list[str]]]:
 def compile_variants(arch: int = 90) -> list[str]:
     """Compile every other kernel variant the launchers can request; returns their names."""
     import triton
+    from gradscope.kernels import clip_norm as K
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
-    from gradscope.kernels import clip_norm as K
 
     tl = triton.language
     target = GPUTarget("cuda", arch, 32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import traceback
 from pathlib import Path
 
@@ -12,6 +13,12 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import gradscope
+
+# The checkout's top-level kernels/ (packaged as gradscope.kernels) would shadow Hugging Face's `kernels`
+# package, which transformers imports when installed, whenever the checkout root is on sys.path
+# (`python -m pytest` from the root puts it there). gradscope itself is imported from its installation.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 
 PKG_DIR = str(Path(gradscope.__file__).parent)
 # gradscope.kernels is packaged from the top-level kernels/: an editable install keeps it outside PKG_DIR

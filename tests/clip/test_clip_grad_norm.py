@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 from clip_helpers import close, mlp
+from gradscope.kernels.reference import CPU_CHUNK
 
 import gradscope.clip as C
-from gradscope.kernels.reference import CPU_CHUNK
 
 
 def pair(dtype=torch.float32):

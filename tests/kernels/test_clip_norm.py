@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 from f64_refs import DEV, STORE_TOL, TOL, TORCH_TOL, assert_close, coef64, f64_stats, make_grads
-
 from gradscope.kernels import clip_norm as K
 from gradscope.kernels import reference as R
 

@@ -229,9 +229,12 @@ def fill(chunks: list[Chunk], out: dict[str, np.ndarray], row0: int = 0) -> list
 
     groups = _groups(chunks)
     if len(groups) > 2 and THREADS > 1:
-        with ThreadPoolExecutor(THREADS, thread_name_prefix="gradscope-read") as pool:
-            list(pool.map(group, groups))
-    else:
-        for g in groups:
-            group(g)
+        try:
+            with ThreadPoolExecutor(THREADS, thread_name_prefix="gradscope-read") as pool:
+                list(pool.map(group, groups))
+            return failed
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown": a Scope closed
+            pass  # at exit; map() submits before anything runs (group() raises nothing), so read serially
+    for g in groups:
+        group(g)
     return failed

@@ -58,6 +58,13 @@ class StepSums:
         self.dead: dict[int, Tensor] = {}
         self.flow_rows: list[int] = []
         self.flow_sumsq: list[Tensor] = []
+        # Batched partials (SmallBatch drains): rows and element counts per call, 1-d values
+        self.batch_rows: list[int] = []
+        self.batch_count: list[int] = []
+        self.batch_sum: list[Tensor] = []
+        self.batch_sumsq: list[Tensor] = []
+        self.flow_batch_rows: list[int] = []
+        self.flow_batch_sumsq: list[Tensor] = []
 
     def add_activation(self, row: int, y: Tensor, module_type: str) -> None:
         """One module output: sum and sum of squares always; zeros and dead units (ReLU-like), saturation."""
@@ -89,6 +96,19 @@ class StepSums:
             self.sat_calls.append(call)
             self.sat.append(((yf - centre).abs() > half * F.SATURATION_MARGIN).sum())
 
+    def add_activation_batch(self, rows: tuple[int, ...], counts: tuple[int, ...], sums: Tensor,
+                             sumsq: Tensor) -> None:
+        """Sums and sums of squares of many plain outputs at once (a drained SmallBatch)."""
+        self.batch_rows += rows
+        self.batch_count += counts
+        self.batch_sum.append(sums)
+        self.batch_sumsq.append(sumsq)
+
+    def add_flow_batch(self, rows: tuple[int, ...], sumsq: Tensor) -> None:
+        """Sums of squares of many output gradients at once (a drained SmallBatch)."""
+        self.flow_batch_rows += rows
+        self.flow_batch_sumsq.append(sumsq)
+
     def _sign(self, y: Tensor) -> Tensor:
         """sign(y) into a reused buffer for small CPU tensors: allocating a fresh 0.5 MB output costs
         as much as computing it there (CUDA's caching allocator makes fresh outputs cheap)."""
@@ -117,16 +137,16 @@ class StepSums:
         dt = self.dtype
         plan = self._plan(rows)
         act, flow = plan.act_const.clone(), plan.flow_const.clone()
-        if self.act_rows:
-            s = torch.stack(self.act_sum)
-            parts = [s, torch.stack(self.act_sumsq), ~torch.isfinite(s)]
+        if self.act_rows or self.batch_rows:
+            s = _join(self.act_sum, self.batch_sum, dt)
+            parts = [s, _join(self.act_sumsq, self.batch_sumsq, dt), ~torch.isfinite(s)]
             if self.nonzero:
                 parts.append(-torch.stack(self.nonzero))
             if self.sat:
                 parts.append(torch.stack(self.sat))
             act.view(-1).index_add_(0, plan.act_index, torch.cat([p.to(dt) for p in parts]))
-        if self.flow_rows:
-            sq = torch.stack(self.flow_sumsq).to(dt)
+        if self.flow_rows or self.flow_batch_rows:
+            sq = _join(self.flow_sumsq, self.flow_batch_sumsq, dt)
             flow.view(-1).index_add_(0, plan.flow_index, torch.cat([sq, (~torch.isfinite(sq)).to(dt)]))
         dead_frac = None
         if self.dead:
@@ -140,8 +160,9 @@ class StepSums:
         return act, flow, dead_index, dead_frac
 
     def _plan(self, rows: int) -> _Plan:
-        key = (rows, tuple(self.act_rows), tuple(self.act_count), tuple(self.nz_calls),
-               tuple(self.sat_calls), tuple(self.flow_rows), tuple(self.dead))
+        key = (rows, tuple(self.act_rows), tuple(self.act_count), tuple(self.batch_rows), tuple(self.batch_count),
+               tuple(self.nz_calls), tuple(self.sat_calls), tuple(self.flow_rows), tuple(self.flow_batch_rows),
+               tuple(self.dead))
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) > 64:  # patterns that keep changing: do not grow without bound
@@ -152,17 +173,19 @@ class StepSums:
     def _build_plan(self, rows: int) -> _Plan:
         n, w = F.ACT_N, 3
         act_const = torch.zeros(rows, n, dtype=torch.float64)
-        for r, c in zip(self.act_rows, self.act_count, strict=True):
+        calls = self.act_rows + self.batch_rows  # eager calls first, then batched: the order of reduce's values
+        for r, c in zip(calls, self.act_count + self.batch_count, strict=True):
             act_const[r, 0] += c
         for call in self.nz_calls:
             act_const[self.act_rows[call], _ZEROS] += self.act_count[call]
-        base = [r * n for r in self.act_rows]
+        base = [r * n for r in calls]
         index = ([b + _SUM for b in base] + [b + _SUMSQ for b in base] + [b + _NONFINITE for b in base]
                  + [base[c] + _ZEROS for c in self.nz_calls] + [base[c] + _SAT for c in self.sat_calls])
         flow_const = torch.zeros(rows, w, dtype=torch.float64)
-        for r in self.flow_rows:
+        flows = self.flow_rows + self.flow_batch_rows
+        for r in flows:
             flow_const[r, 0] += 1
-        flow_index = [r * w + 1 for r in self.flow_rows] + [r * w + 2 for r in self.flow_rows]
+        flow_index = [r * w + 1 for r in flows] + [r * w + 2 for r in flows]
         dev, dt = self.device, self.dtype
         return _Plan(
             act_const=act_const.to(dev, dt),
@@ -171,3 +194,10 @@ class StepSums:
             flow_index=torch.tensor(flow_index, dtype=torch.long).to(dev),
             dead_index=torch.tensor(list(self.dead), dtype=torch.long).to(dev) if self.dead else None,
         )
+
+
+def _join(scalars: list[Tensor], vectors: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """0-d values of eager calls, then 1-d values of batched ones, as one ``dtype`` vector."""
+    parts = ([torch.stack(scalars)] if scalars else []) + vectors
+    out = parts[0] if len(parts) == 1 else torch.cat([p.to(dtype) for p in parts])
+    return out.to(dtype)

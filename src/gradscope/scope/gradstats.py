@@ -6,10 +6,9 @@ of tensors costs more than the maths. Here the Python work per step is one list 
 handful of calls, whatever the number of tensors:
 
 * CUDA and other accelerators: ``_foreach_norm`` for the L2 and the inf norm (multi-tensor kernels).
-* CPU: tensors up to ``SMALL`` elements that share a size with another are copied once into one
-  flat vector, ordered by size, and each size group is reduced as a ``[count, size]`` matrix (one
-  norm, one ``amax`` and one ``amin`` per group); the rest keep a BLAS dot and an ``aminmax`` each, where the
-  dispatch is small beside the reading.
+* CPU: tensors up to ``SMALL`` elements that share a shape (and dtype) with another are stacked,
+  one ``[count, size]`` matrix per shape, each reduced by one norm, one ``amax`` and one ``amin``;
+  the rest keep a BLAS dot and an ``aminmax`` each, where the dispatch is small beside the reading.
 
 A layout (which tensors go where, the permutation back) depends only on which tensors are present,
 so it is built once per pattern and cached: after the first step nothing here copies Python data to
@@ -32,8 +31,8 @@ _FLOATS = (torch.float32, torch.float64)
 
 @dataclass
 class _Layout:
-    groups: list[tuple[int, int]]  # (count, size) of each flat group, in flat order
-    flat: list[int]  # positions copied into the flat vector, grouped by size
+    groups: list[list[int]]  # positions of each group of equal shapes, stacked into one matrix
+    flat: list[int]  # the positions of all groups, in group order
     each: list[int]  # positions measured one by one
     inverse: Tensor | None  # results in (flat + each) order -> input order; None: already in order
 
@@ -59,17 +58,14 @@ class GroupedStats:
             layout = self._layouts[key] = self._layout(tensors)
         norms: list[Tensor] = []
         maxes: list[Tensor] = []
-        if layout.groups:
-            flat = torch._C._nn.flatten_dense_tensors([tensors[k] for k in layout.flat])
-            if flat.dtype not in _FLOATS:
-                flat = flat.float()  # half-precision squares overflow
-            start = 0
-            for count, size in layout.groups:
-                block = flat[start:start + count * size].view(count, size)
-                start += count * size
-                norms.append(torch.linalg.vector_norm(block, dim=1))
-                if maxabs:  # amax and amin: ~20x faster than aminmax(dim=1) or abs().amax(1) on the CPU
-                    maxes.append(torch.maximum(block.amin(1).neg_(), block.amax(1)))  # NaN propagates
+        for group in layout.groups:
+            # one [count, size] copy per shape: stack is ~4x faster than flattening on the CPU
+            block = torch.stack([tensors[k] for k in group]).reshape(len(group), -1)  # copies only channels-last
+            if block.dtype not in _FLOATS:
+                block = block.float()  # half-precision squares overflow
+            norms.append(torch.linalg.vector_norm(block, dim=1))
+            if maxabs:  # amax and amin: ~20x faster than aminmax(dim=1) or abs().amax(1) on the CPU
+                maxes.append(torch.maximum(block.amin(1).neg_(), block.amax(1)))  # NaN propagates
         if layout.each:
             each = [tensors[k] for k in layout.each]
             if self.cpu and maxabs:
@@ -84,13 +80,13 @@ class GroupedStats:
         return norm, (_join(maxes, layout.inverse, self.device) if maxabs else None)
 
     def _layout(self, tensors: Sequence[Tensor]) -> _Layout:
-        by_size: dict[int, list[int]] = {}
+        by_shape: dict[tuple, list[int]] = {}
         if self.cpu:
             for k, t in enumerate(tensors):
                 if 0 < t.numel() <= SMALL and t.device.type == "cpu" and t.is_floating_point():
-                    by_size.setdefault(t.numel(), []).append(k)
-        groups = [(len(ks), size) for size, ks in sorted(by_size.items()) if len(ks) > 1]
-        flat = [k for size, ks in sorted(by_size.items()) if len(ks) > 1 for k in ks]
+                    by_shape.setdefault((tuple(t.shape), t.dtype), []).append(k)
+        groups = [ks for ks in by_shape.values() if len(ks) > 1]
+        flat = [k for ks in groups for k in ks]
         chosen = set(flat)
         each = [k for k in range(len(tensors)) if k not in chosen]
         order = flat + each

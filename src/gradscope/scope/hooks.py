@@ -86,6 +86,17 @@ def flow_hook(on_flow: Callable[[int, Tensor], None], row: int) -> Callable[[Ten
     return _eager(hook)
 
 
+def flow_prehook(on_flow: Callable[[int, Tensor], None], row: int,
+                 output_nr: int) -> Callable[[tuple[Tensor | None, ...]], None]:
+    """A pre-hook on an output's autograd node: ``on_flow(row, grad)`` with that output's gradient."""
+    def hook(grad_outputs: tuple[Tensor | None, ...]) -> None:
+        g = grad_outputs[output_nr]
+        if g is not None:
+            on_flow(row, g)
+
+    return _eager(hook)
+
+
 def accumulate_grad_hook(on_grad: Callable[[Tensor], None]) -> Callable[[Tensor], None]:
     def hook(param: Tensor) -> None:
         on_grad(param)

@@ -1,5 +1,14 @@
 """The module side of a Scope: forward hooks (activation statistics, depth order) and hooks on each
 module output's gradient (backward flow). Sums stay on the device until the step is committed.
+
+Cost per watched module and recorded step: one forward hook call, one pre-hook registered on the
+output's autograd node (``grad_fn.register_prehook``: a fraction of ``Tensor.register_hook``'s cost)
+and its call in backward. Small outputs and output gradients (``batched.SMALL`` elements) are only
+kept by their hooks and reduced together (:mod:`gradscope.scope.batched`), at the end of each
+backward, at the step's commit, or when too many are pending; larger ones, and ReLU-like and bounded
+outputs (zeros, dead units, saturation), are reduced in the hook. An output is batched only after
+its first recorded call proved that nothing modifies it in place before the batch is read (its
+version counter); one that is modified later is measured in its hook from then on.
 """
 
 from __future__ import annotations
@@ -14,9 +23,14 @@ from gradscope import functional as F
 from gradscope.run.format import Row
 from gradscope.scope import hooks
 from gradscope.scope.accumulators import StepSums
+from gradscope.scope.batched import MAX_ELEMENTS, SmallBatch
 from gradscope.scope.rows import ModuleInfo
 from gradscope.scope.step import StepState
 from gradscope.scope.traces import RNN_TYPES, Traces
+
+_graph_task_id = torch._C._current_graph_task_id
+_grad_enabled = torch.is_grad_enabled
+PROBATION, BATCHED, EAGER = 0, 1, 2  # how an act row's outputs are measured (see the module docstring)
 
 
 class ModuleRecorder:
@@ -38,7 +52,14 @@ class ModuleRecorder:
         self.seen_fwd: set[int] = set()
         self.fwd_hooks: list[Any] = []
         self.flow_hooks: dict[int, Any] = {}
+        self.flow_prehooks: dict[tuple[int, int], Any] = {}
         self.traces = Traces(state, device)
+        self.mode: list[int] = []  # per act row: PROBATION, BATCHED or EAGER
+        self.probe: list[tuple[int, Tensor, int]] = []  # (row, output, version) of rows on probation
+        self.probe_elements = 0
+        self.act_batch = SmallBatch(device)
+        self.flow_batch = SmallBatch(device, sums=False)
+        self.flow_cb_queued = False
 
     @property
     def hooked(self) -> bool:
@@ -55,54 +76,84 @@ class ModuleRecorder:
             handles.append(module.register_forward_hook(hook))
 
     def on_forward(self, mi: int, module: nn.Module, args: Any, output: Any) -> None:
+        # Runs once per hooked module call: kept flat (each Python call here costs ~1 % at 5,000 modules).
         state = self.state
         if state.closed:
             return
         info = self.modules[mi][1]
-        recompute = hooks.in_backward()  # activation checkpointing re-running forward in backward
-        ranked = info.watched or bool(info.param_rows)  # containers without parameters get no depth
-        if info.container and info.order is None and not recompute:
-            self.traces.first_forward(info, self.next_depth)
-        if ranked and info.depth is None and not recompute:
-            self.assign_depth(mi, info)  # depth is call order, whatever the pass
-        if not module.training or not torch.is_grad_enabled():
+        recompute = _graph_task_id() != -1  # activation checkpointing re-running forward in backward
+        if info.depth is None or (info.container and info.order is None):
+            self.first_calls(mi, info, recompute)
+        if not module.training or not _grad_enabled():
             return  # eval and no_grad passes are not training steps
-        if not recompute:
+        if not recompute and state.stepped:
             self.begin_activity()
-        elif ranked and info.depth is None:
-            self.assign_depth(mi, info)
-        if not state.scheduled():
-            return
+        if state.index % state.every:
+            return  # not a recorded step
+        y = output if type(output) is Tensor else None
         if info.container and not recompute:
-            y = hooks.first_tensor(output)
-            if y is not None:
+            y = hooks.first_tensor(output) if y is None else y
+            if y is not None and y.is_floating_point():
                 self.traces.on_output(info, y)
         if info.module_type in RNN_TYPES and not recompute:
             self.traces.on_rnn_input(mi, info.name, module, args)
-        if info.act_row is None:
-            return
         r = info.act_row
-        if recompute and r in self.seen_fwd:
-            return  # already counted in the forward pass (non-reentrant checkpointing)
-        if not recompute:
-            self.seen_fwd.add(r)
-        y = hooks.first_tensor(output)
-        if y is None:
+        if r is None:
+            return
+        seen = self.seen_fwd
+        if recompute:
+            if r in seen:
+                return  # already counted in the forward pass (non-reentrant checkpointing)
+        else:
+            seen.add(r)
+        y = hooks.first_tensor(output) if y is None else y
+        if y is None or not y.is_floating_point():
             return
         if info.shape is None:
             info.shape = list(y.shape)
             state.rows_dirty = True
         self.record_activation(r, info.module_type, y)
 
+    def first_calls(self, mi: int, info: ModuleInfo, recompute: bool) -> None:
+        """A module's first calls: its container order and depth (call order, whatever the pass)."""
+        ranked = info.watched or bool(info.param_rows)  # containers without parameters get no depth
+        if info.container and info.order is None and not recompute:
+            self.traces.first_forward(info, self.next_depth)
+        if ranked and info.depth is None and (not recompute or (self.modules[mi][0].training and _grad_enabled())):
+            self.assign_depth(mi, info)
+
     def record_activation(self, r: int, module_type: str, y: Tensor) -> None:
         if self.activations:
-            self.sums.add_activation(r, y, module_type)
+            mode = self.mode[r]
+            if mode == BATCHED and self.act_batch.accepts(y):
+                if self.act_batch.add(r, y):
+                    self.drain()
+            else:
+                self.sums.add_activation(r, y, module_type)
+                if mode == PROBATION:
+                    if (not self.act_batch.accepts(y) or module_type in F.DEAD_UNIT_TYPES
+                            or module_type in F.BOUNDED_RANGES):
+                        self.mode[r] = EAGER
+                    elif self.probe_elements < MAX_ELEMENTS:  # past it: on probation again next step
+                        self.probe.append((r, y, y._version))
+                        self.probe_elements += y.numel()
         if self.flow and y.requires_grad:
-            # A tensor hook lives and dies with this step's graph; after close() it does nothing.
-            hook = self.flow_hooks.get(r)
-            if hook is None:
-                hook = self.flow_hooks[r] = hooks.flow_hook(self.on_flow, r)
-            y.register_hook(hook)
+            # Hooks live and die with this step's graph; after close() they do nothing. A pre-hook on
+            # the output's autograd node gets the same gradient as a tensor hook on the output (for an
+            # output changed in place later, the gradient of the value the module returned) at a
+            # fraction of the cost of registering a tensor hook.
+            node = y.grad_fn
+            if node is None:  # a leaf (a module returning a parameter or its input)
+                hook = self.flow_hooks.get(r)
+                if hook is None:
+                    hook = self.flow_hooks[r] = hooks.flow_hook(self.on_flow, r)
+                y.register_hook(hook)
+                return
+            key = (r, y.output_nr)
+            pre = self.flow_prehooks.get(key)
+            if pre is None:
+                pre = self.flow_prehooks[key] = hooks.flow_prehook(self.on_flow, r, y.output_nr)
+            node.register_prehook(pre)
 
     def assign_depth(self, mi: int, info: ModuleInfo) -> None:
         info.depth = self.next_depth
@@ -112,17 +163,66 @@ class ModuleRecorder:
         if info.watched:
             info.act_row = len(self.act_rows)
             self.act_rows.append(mi)
+            self.mode.append(PROBATION)
             self.state.buffers.grow("act", len(self.act_rows))
             self.state.buffers.grow("flow", len(self.act_rows))
         self.state.rows_dirty = True
 
     def on_flow(self, r: int, grad: Tensor) -> None:
-        if not self.state.closed:
+        if self.state.closed:
+            return
+        if not self.flow_cb_queued:
+            self.flow_cb_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self.on_backward_end)
+        if self.flow_batch.accepts(grad):
+            if self.flow_batch.add(r, grad):
+                self.drain_flow()
+        else:
             self.sums.add_flow(r, grad)
+
+    def on_backward_end(self) -> None:
+        """Reduce the output gradients (and any outputs) still waiting: nothing is held past a backward."""
+        self.flow_cb_queued = False
+        if not self.state.closed:
+            self.settle()
+            self.drain()
+            self.drain_flow()
+            self.traces.drain()
+
+    def settle(self) -> None:
+        """Rows on probation whose outputs kept their version through the whole pass are batched from
+        now on. Only after the pass: an output can be changed in place anywhere later in it."""
+        probe, self.probe, self.probe_elements = self.probe, [], 0
+        for r, y, version in probe:
+            if self.mode[r] == PROBATION:
+                self.mode[r] = BATCHED if y._version == version else EAGER
+            elif y._version != version:
+                self.mode[r] = EAGER
+        self.traces.settle()
+
+    def drain(self) -> None:
+        """Measure the batched outputs."""
+        done = self.act_batch.drain()
+        if done is None:
+            return
+        for r in done.changed:  # changed in place after the hook: lost this once, measured at once from now on
+            self.mode[r] = EAGER
+        if done.tags:
+            assert done.sums is not None and done.sumsq is not None
+            self.sums.add_activation_batch(done.tags, done.counts, done.sums, done.sumsq)
+
+    def drain_flow(self) -> None:
+        done = self.flow_batch.drain()
+        if done is not None and done.tags:
+            assert done.sumsq is not None
+            self.sums.add_flow_batch(done.tags, done.sumsq)
 
     def commit(self, slot: int) -> None:
         """Turn the step's activation and flow sums into statistics in its slot; reset the sums."""
         buffers = self.state.buffers
+        self.settle()
+        self.drain()
+        self.drain_flow()
         act, flow, dead_index, dead_frac = self.sums.reduce(len(self.act_rows))
         if self.act_rows and self.activations:
             stats = F.activation_stats(act)
@@ -150,6 +250,9 @@ class ModuleRecorder:
 
     def close(self) -> None:
         """Drop hook closures, modules and device sums (the Scope removed the handles)."""
-        self.fwd_hooks, self.flow_hooks = [], {}
+        self.fwd_hooks, self.flow_hooks, self.flow_prehooks = [], {}, {}
         self.modules = []
+        self.probe, self.probe_elements = [], 0
+        self.act_batch.clear()
+        self.flow_batch.clear()
         self.sums = StepSums(self.device)

@@ -3,7 +3,8 @@
 - NaN/Inf made by a container's own maths (a block that adds, scales or normalises between its
   children): the sum of each container's output, one reduction per call, and per step the
   first-forward order of the earliest container whose output went non-finite (scalar
-  ``nonfinite_container``; -1 when none). The diagnosis compares it with the first non-finite
+  ``nonfinite_container``; -1 when none). Small outputs are summed together at the step's commit
+  (:mod:`gradscope.scope.batched`), large ones in the hook. The diagnosis compares it with the first non-finite
   leaf, so the origin names the block, not the next leaf that passes the NaN on.
 - Gradients through time in recurrent modules (nn.RNN/LSTM/GRU): the gradient reaching the
   module's input at the first and at the last time step (scalars ``rnn_grad_first/NAME`` and
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.scope import hooks
+from gradscope.scope.batched import MAX_ELEMENTS, SmallBatch
 from gradscope.scope.rows import ModuleInfo
 from gradscope.scope.step import StepState
 
@@ -39,6 +41,12 @@ class Traces:
         self.rnn_hooks: list[Any] = []
         self.rnn_index: dict[int, int] = {}
         self.rnn_seen = False
+        self.batch = SmallBatch(device, sumsq=False)
+        self.batched: list[tuple[tuple[int, ...], Tensor]] = []  # drained (containers, sums)
+        self.index_cache: dict[tuple[int, ...], Tensor] = {}
+        self.batched_ok: dict[int, bool] = {}  # container order -> whether its outputs are batched
+        self.probe: list[tuple[int, Tensor, int]] = []
+        self.probe_elements = 0
 
     # -- containers -----------------------------------------------------------------------------
     def first_forward(self, info: ModuleInfo, next_depth: int) -> None:
@@ -53,7 +61,35 @@ class Traces:
     def on_output(self, info: ModuleInfo, y: Tensor) -> None:
         k = info.order
         assert k is not None
+        batched = self.batched_ok.get(k)  # None: on probation (measured now, its version checked)
+        if batched and self.batch.accepts(y):
+            if self.batch.add(k, y):
+                self.drain()
+            return
         self.sums[k:k + 1].add_(torch.sum(y.detach(), dtype=torch.float32).reshape(1))
+        if batched is None:
+            if not self.batch.accepts(y):
+                self.batched_ok[k] = False
+            elif self.probe_elements < MAX_ELEMENTS:  # past it: on probation again next step
+                self.probe.append((k, y, y._version))
+                self.probe_elements += y.numel()
+
+    def settle(self) -> None:
+        """Containers on probation whose outputs kept their version through the pass are batched."""
+        probe, self.probe, self.probe_elements = self.probe, [], 0
+        for k, y, version in probe:
+            self.batched_ok[k] = self.batched_ok.get(k, True) and y._version == version
+
+    def drain(self) -> None:
+        """Sum the batched container outputs."""
+        done = self.batch.drain()
+        if done is None:
+            return
+        for k in done.changed:
+            self.batched_ok[k] = False
+        if done.tags:
+            assert done.sums is not None
+            self.batched.append((done.tags, done.sums))
 
     # -- recurrent modules ----------------------------------------------------------------------
     def on_rnn_input(self, mi: int, name: str, module: nn.Module, args: Any) -> None:
@@ -82,6 +118,18 @@ class Traces:
     # -- step -----------------------------------------------------------------------------------
     def commit(self, slot: int) -> None:
         buffers = self.state.buffers
+        self.settle()
+        self.drain()
+        if self.batched:
+            tags = tuple(t for tags, _ in self.batched for t in tags)
+            idx = self.index_cache.get(tags)
+            if idx is None:  # built once per pattern: a host-to-device copy
+                if len(self.index_cache) > 32:
+                    self.index_cache.clear()
+                idx = self.index_cache[tags] = torch.tensor(tags, dtype=torch.long).to(self.device)
+            values = self.batched[0][1] if len(self.batched) == 1 else torch.cat([v for _, v in self.batched])
+            self.sums.index_add_(0, idx, values.to(self.sums.dtype))
+            self.batched = []
         if self.containers:
             bad = ~torch.isfinite(self.sums)
             first = torch.where(bad, self.order, torch.inf).min()

@@ -2,7 +2,7 @@
 module output's gradient (backward flow). Sums stay on the device until the step is committed.
 
 Cost per watched module and recorded step: one forward hook call, one pre-hook registered on the
-output's autograd node (``grad_fn.register_prehook``: a fraction of ``Tensor.register_hook``'s cost)
+output's autograd node (``grad_fn.register_prehook``: about half of ``Tensor.register_hook``'s cost)
 and its call in backward. Small outputs and output gradients (``batched.SMALL`` elements) are only
 kept by their hooks and reduced together (:mod:`gradscope.scope.batched`), at the end of each
 backward, at the step's commit, or when too many are pending; larger ones, and ReLU-like and bounded

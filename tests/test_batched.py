@@ -227,3 +227,18 @@ def test_batched_path_copies_no_python_data_per_step(run_dir, no_host_sync):
     scope.close()
     assert mode.violations == []
     assert set(scope._module_side.mode) == {1, 2}  # batched rows (Linear) and hook-measured ones (Tanh)
+
+
+def test_probation_judges_at_settle_and_bounds_what_it_holds(monkeypatch):
+    p = batched.Probation()
+    a, b = torch.randn(4), torch.randn(4)
+    p.add(1, a)
+    p.add(2, b)
+    b.add_(1.0)  # changed after its hook, before the end of the pass
+    assert p.settle() == [(1, True), (2, False)]
+    assert p.settle() == []
+    monkeypatch.setattr(batched, "MAX_ELEMENTS", 6)
+    p.add(3, torch.randn(4))
+    p.add(4, torch.randn(4))  # 4 elements held, under 6: taken
+    p.add(5, torch.randn(4))  # 8 held: tag 5 waits for the next pass
+    assert [tag for tag, _ in p.settle()] == [3, 4]

@@ -180,6 +180,30 @@ class SmallBatch:
         self._reset()
 
 
+class Probation:
+    """Tensors of tags not yet known to be safe to batch: measured in their hook meanwhile, and judged at
+    the end of the pass (``settle``), since an output can be changed in place anywhere later in it."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.items: list[tuple[int, Tensor, int]] = []
+        self.elements = 0
+
+    def add(self, tag: int, t: Tensor) -> None:
+        """Watch ``t``'s version until ``settle``; past ``MAX_ELEMENTS`` the tag waits for the next pass."""
+        if self.elements < MAX_ELEMENTS:
+            self.items.append((tag, t, t._version))
+            self.elements += t.numel()
+
+    def settle(self) -> list[tuple[int, bool]]:
+        """(tag, whether its tensor kept its version) for each tensor watched; then start empty."""
+        items = self.items
+        self._reset()
+        return [(tag, t._version == version) for tag, t, version in items]
+
+
 def _cat(parts: list[Tensor], device: torch.device) -> Tensor:
     out = parts[0] if len(parts) == 1 else torch.cat([p.float().to(device) for p in parts])
     return out.to(device, torch.float32)

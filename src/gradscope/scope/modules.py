@@ -23,7 +23,7 @@ from gradscope import functional as F
 from gradscope.run.format import Row
 from gradscope.scope import hooks
 from gradscope.scope.accumulators import StepSums
-from gradscope.scope.batched import MAX_ELEMENTS, SmallBatch
+from gradscope.scope.batched import Probation, SmallBatch
 from gradscope.scope.rows import ModuleInfo
 from gradscope.scope.step import StepState
 from gradscope.scope.traces import RNN_TYPES, Traces
@@ -55,8 +55,7 @@ class ModuleRecorder:
         self.flow_prehooks: dict[tuple[int, int], Any] = {}
         self.traces = Traces(state, device)
         self.mode: list[int] = []  # per act row: PROBATION, BATCHED or EAGER
-        self.probe: list[tuple[int, Tensor, int]] = []  # (row, output, version) of rows on probation
-        self.probe_elements = 0
+        self.probation = Probation()  # outputs of rows on probation, judged at the end of the pass
         self.act_batch = SmallBatch(device)
         self.flow_batch = SmallBatch(device, sums=False)
         self.flow_cb_queued = False
@@ -134,9 +133,8 @@ class ModuleRecorder:
                     if (not self.act_batch.accepts(y) or module_type in F.DEAD_UNIT_TYPES
                             or module_type in F.BOUNDED_RANGES):
                         self.mode[r] = EAGER
-                    elif self.probe_elements < MAX_ELEMENTS:  # past it: on probation again next step
-                        self.probe.append((r, y, y._version))
-                        self.probe_elements += y.numel()
+                    else:
+                        self.probation.add(r, y)
         if self.flow and y.requires_grad:
             # Hooks live and die with this step's graph; after close() they do nothing. A pre-hook on
             # the output's autograd node gets the same gradient as a tensor hook on the output (for an
@@ -192,11 +190,10 @@ class ModuleRecorder:
     def settle(self) -> None:
         """Rows on probation whose outputs kept their version through the whole pass are batched from
         now on. Only after the pass: an output can be changed in place anywhere later in it."""
-        probe, self.probe, self.probe_elements = self.probe, [], 0
-        for r, y, version in probe:
+        for r, kept in self.probation.settle():
             if self.mode[r] == PROBATION:
-                self.mode[r] = BATCHED if y._version == version else EAGER
-            elif y._version != version:
+                self.mode[r] = BATCHED if kept else EAGER
+            elif not kept:  # a row called twice in the pass, the second output changed
                 self.mode[r] = EAGER
         self.traces.settle()
 
@@ -252,7 +249,7 @@ class ModuleRecorder:
         """Drop hook closures, modules and device sums (the Scope removed the handles)."""
         self.fwd_hooks, self.flow_hooks, self.flow_prehooks = [], {}, {}
         self.modules = []
-        self.probe, self.probe_elements = [], 0
+        self.probation = Probation()
         self.act_batch.clear()
         self.flow_batch.clear()
         self.sums = StepSums(self.device)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.scope import hooks
-from gradscope.scope.batched import MAX_ELEMENTS, SmallBatch
+from gradscope.scope.batched import Probation, SmallBatch
 from gradscope.scope.rows import ModuleInfo
 from gradscope.scope.step import StepState
 
@@ -45,8 +45,7 @@ class Traces:
         self.batched: list[tuple[tuple[int, ...], Tensor]] = []  # drained (containers, sums)
         self.index_cache: dict[tuple[int, ...], Tensor] = {}
         self.batched_ok: dict[int, bool] = {}  # container order -> whether its outputs are batched
-        self.probe: list[tuple[int, Tensor, int]] = []
-        self.probe_elements = 0
+        self.probation = Probation()
 
     # -- containers -----------------------------------------------------------------------------
     def first_forward(self, info: ModuleInfo, next_depth: int) -> None:
@@ -70,15 +69,13 @@ class Traces:
         if batched is None:
             if not self.batch.accepts(y):
                 self.batched_ok[k] = False
-            elif self.probe_elements < MAX_ELEMENTS:  # past it: on probation again next step
-                self.probe.append((k, y, y._version))
-                self.probe_elements += y.numel()
+            else:
+                self.probation.add(k, y)
 
     def settle(self) -> None:
         """Containers on probation whose outputs kept their version through the pass are batched."""
-        probe, self.probe, self.probe_elements = self.probe, [], 0
-        for k, y, version in probe:
-            self.batched_ok[k] = self.batched_ok.get(k, True) and y._version == version
+        for k, kept in self.probation.settle():
+            self.batched_ok[k] = self.batched_ok.get(k, True) and kept
 
     def drain(self) -> None:
         """Sum the batched container outputs."""

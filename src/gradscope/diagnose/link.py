@@ -92,6 +92,13 @@ def _through_time_sgd(cause: Finding, symptom: Finding) -> bool:
     return cause.evidence.get("direction") == "exploding" and symptom.evidence.get("adaptive") is not True
 
 
+def _saturated_after(cause: Finding, symptom: Finding) -> bool:
+    """A recurrent module whose gradients exploded through time, then vanish through time: the
+    explosion's update drove the cell into saturation."""
+    return (cause.evidence.get("direction") == "exploding" and symptom.evidence.get("direction") == "vanishing"
+            and set(symptom.layers) == set(cause.layers) and _first(symptom) >= _first(cause))
+
+
 _DOWNSTREAM = ("exploding_gradient", "gradient_spike", "dead_units", "saturation", "update_ratio",
                "nonfinite", "loss_spike", "vanishing_gradient", "amp_overflow", "loss_plateau",
                "unused_parameter")
@@ -111,7 +118,7 @@ RULES: dict[str, list[tuple[str, Rule]]] = {
     "rnn_gradient": [("loss_plateau", _always), ("exploding_gradient", _always),
                      ("gradient_spike", _always), ("nonfinite", _explodes_first),
                      ("learning_rate", _through_time_sgd), ("vanishing_gradient", _always),
-                     ("update_ratio", _always)],
+                     ("update_ratio", _always), ("rnn_gradient", _saturated_after)],
     "exploding_gradient": [("nonfinite", _explodes_first), ("gradient_spike", _in_stretch),
                            ("loss_spike", _in_stretch), ("amp_overflow", _not_before),
                            ("update_ratio", _update_side("high")), ("learning_rate", _depth_explosion),

@@ -53,6 +53,17 @@ def stuck(run: Run, cfg: dict[str, float]) -> bool:
             and t.end <= 1.5 * t.start)
 
 
+def ends_near_chance(run: Run, margin: float) -> bool:
+    """Whether a classifier's loss ends within ``margin`` (a fraction) of chance level (ln C) and never
+    got clearly below it: it learned little beyond the class prior (a head calibrating its bias)."""
+    t = loss_trend(run)
+    c = head_classes(run)
+    if t is None or c is None:
+        return False
+    chance = math.log(c)
+    return t.end >= (1 - margin) * chance and t.best >= (1 - 1.5 * margin) * chance
+
+
 def head_classes(run: Run) -> int | None:
     """Output width of the deepest dense weight (the classifier head), when >= 2."""
     rows = run.rows_of("param")

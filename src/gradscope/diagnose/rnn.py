@@ -5,7 +5,10 @@ from the watch side), not on its weights, which are one layer unrolled over time
 
 Flagged when first / last stays below ``ratio`` (or above 1 / ``ratio``) on ``persist`` of the steps;
 vanishing is info only while the loss still improves (see plateau.py): the task may not need the
-early inputs.
+early inputs. An explosion past 1 / ``error_ratio`` (or past 1 / ``ratio`` at a step where the global
+gradient norm is ``BURST`` times its median) is flagged even on a single step: one such step
+under plain SGD throws the weights into saturation, after which the gradients vanish through time
+instead (that vanishing is then its consequence, see link.py), so it never persists.
 Cheap: two scalars per recurrent module.
 """
 
@@ -24,6 +27,8 @@ NAME = "rnn"
 RATIO = 1e-3
 ERROR_RATIO = 1e-5
 PERSIST = 0.5
+# A step whose global gradient norm is this many times the run's median is an explosion, not noise.
+BURST = 100.0
 DEFAULTS: dict[str, float] = {"ratio": RATIO, "error_ratio": ERROR_RATIO, "persist": PERSIST}
 
 
@@ -46,9 +51,17 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(ok, first / np.where(ok, last, 1.0), np.nan)
         med = float(np.median(r[ok]))
+        severe = ok & (r > 1 / cfg["error_ratio"])
+        gn = run.scalars.get("grad_norm")
+        if gn is not None and gn.shape == r.shape and np.isfinite(gn).any():
+            # past ``ratio`` at a step where the whole model's gradient is 100x its usual size: an explosion
+            severe |= ok & (r > 1 / cfg["ratio"]) & (gn > BURST * np.nanmedian(np.where(np.isfinite(gn), gn, np.nan)))
         for side, hit in (("vanishing", ok & (r < cfg["ratio"])), ("exploding", ok & (r > 1 / cfg["ratio"]))):
-            if hit.sum() < cfg["persist"] * ok.sum():
+            burst = side == "exploding" and bool(severe.any())
+            if hit.sum() < cfg["persist"] * ok.sum() and not burst:
                 continue
+            if side == "exploding":
+                med = float(np.median(r[hit]))  # over the exploding steps, not the whole run
             bad = med < cfg["error_ratio"] if side == "vanishing" else med > 1 / cfg["error_ratio"]
             sev = Severity.ERROR if bad else Severity.WARNING
             if side == "vanishing" and learning:

@@ -8,7 +8,10 @@ whole test a handful of vectorised numpy calls even for 100k steps x 500 rows.
 
 The logged loss gets the same test (``loss_factor`` instead of ``factor``): a loss spike at a step
 that also has a gradient spike is evidence on that gradient_spike finding; one without becomes a
-``loss_spike`` finding. Steps the AMP GradScaler skipped are left out (their norms are overflows).
+``loss_spike`` finding. An episode during which the loss runs ``learning_drop`` below its level
+before it (and does not spike), reached by a norm that had been growing for a few steps, is info:
+gradients grow when a model starts to learn a new feature.
+Steps the AMP GradScaler skipped are left out (their norms are overflows).
 """
 
 from __future__ import annotations
@@ -50,9 +53,16 @@ LOSS_FACTOR = 3.0
 # Spike steps at most this far apart are one episode (a bad batch whose effect lasts a few steps:
 # momentum and Adam's moments carry it into the next updates).
 GAP = 3
+# An episode during which the loss runs this far (15 %) below its level before it, without a loss spike,
+# after a gradient norm that had been growing for a few steps, is a model starting to learn (its
+# gradients grow with the signal it found), not a bad batch: info (see _learning).
+LEARNING_DROP = 0.15
+LEAD = 5
+LEAD_GROWTH = 1.5
 DEFAULTS: dict[str, float] = {
     "window": WINDOW, "z": Z, "factor": FACTOR, "error_factor": ERROR_FACTOR,
     "min_history": MIN_HISTORY, "max_reported": MAX_REPORTED, "loss_factor": LOSS_FACTOR, "gap": GAP,
+    "learning_drop": LEARNING_DROP,
 }
 _LN10 = np.log(10.0)
 
@@ -157,6 +167,14 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         if np.isfinite(loss_dev[i]):  # how the loss moved at that step, spike or not
             f.evidence["loss_factor_over_median"] = float(10.0 ** loss_dev[i])
         lo, hi = max(0, a - gap), b + gap + 1
+        drop = _learning(run, a, b, int(cfg["window"]), cfg["learning_drop"])
+        if drop > 0 and not loss_hit[lo:hi].any() and f.severity == Severity.WARNING:
+            f.severity = Severity.INFO  # gradients growing while the loss falls: learning, not a bad batch
+            f.evidence["loss_drop"] = drop
+            f.message = (f.message[:-1] + f"; meanwhile the loss fell {drop:.0%} below its level before: "
+                         "a model that starts to learn a new feature has growing gradients, not a bad batch.")
+            f.remedy = ("Nothing to do while the loss keeps falling. If the norm keeps growing after the loss "
+                        "levels off, clip adaptively (ZClip, AutoClip) or lower the learning rate.")
         if loss_hit[lo:hi].any():
             worst = float(10.0 ** np.max(np.where(loss_hit[lo:hi], loss_dev[lo:hi], -np.inf)))
             f.message = f.message[:-1] + f"; the loss spikes with it ({worst:.1f}x its median)."
@@ -165,6 +183,31 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     if alone.any():
         findings.append(_layer_only(run, alone, lhit, ldev, prof.names))
     return findings
+
+
+def _learning(run: Run, a: int, b: int, window: int, drop_bar: float) -> float:
+    """The loss drop (a fraction) when the episode [a, b] looks like a model starting to learn, else 0:
+    the median loss over the episode and the ``LEAD`` steps before it lies ``drop_bar`` below the
+    median of the ``2 * window`` steps before those, and the global gradient norm had already grown
+    over the ``LEAD`` steps (median >= ``LEAD_GROWTH`` x its reference median): a trend that crossed the
+    spike bar, not a jump out of a calm baseline, which is what a bad batch gives."""
+    loss, g = run.scalars.get("loss"), global_norm(run)
+    start = a - LEAD
+    if loss is None or g is None or start < 5:
+        return 0.0
+    loss, g = loss.astype(np.float64), g.astype(np.float64)
+    ref = slice(max(0, start - 2 * window), start)
+
+    def med(x: np.ndarray) -> float:
+        x = x[np.isfinite(x)]
+        return float(np.median(x)) if x.size else float("nan")
+
+    before, now = med(loss[ref]), med(loss[start:b + 1])
+    g_ref, g_lead = med(g[ref]), med(g[start:a])
+    if not (before > 0 and g_ref > 0) or not np.isfinite(now) or not np.isfinite(g_lead):
+        return 0.0
+    drop = (before - now) / before
+    return drop if drop >= drop_bar and g_lead >= LEAD_GROWTH * g_ref else 0.0
 
 
 def _layer_only(run: Run, alone: np.ndarray, lhit: np.ndarray, ldev: np.ndarray,

@@ -15,6 +15,24 @@ import torch
 from torch import Tensor, nn
 
 
+class HookEntries:
+    """Forward hooks of many modules taken off and put back as entries of the modules' hook dicts
+    (under the ids their first registration gave them), so that ``every=N`` toggling creates no handle
+    object per module and cycle (registering 5,000 hooks took ~26 ms and fed the garbage collector).
+    ``remove`` takes them all off, like a handle's."""
+
+    def __init__(self, entries: list[tuple[dict[int, Any], int, Any]]) -> None:
+        self.entries = entries
+
+    def attach(self) -> None:
+        for table, key, hook in self.entries:
+            table[key] = hook  # appended last, as a new registration would be
+
+    def remove(self) -> None:
+        for table, key, _ in self.entries:
+            table.pop(key, None)
+
+
 def first_tensor(output: Any) -> Tensor | None:
     """The tensor a module produced: the output itself, or the first float tensor in a tuple/dict."""
     if isinstance(output, Tensor):

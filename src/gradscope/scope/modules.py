@@ -51,6 +51,7 @@ class ModuleRecorder:
         self.next_depth = 0
         self.seen_fwd: set[int] = set()
         self.fwd_hooks: list[Any] = []
+        self.hook_entries: hooks.HookEntries | None = None  # the forward hooks, once registered
         self.flow_hooks: dict[int, Any] = {}
         self.flow_prehooks: dict[tuple[int, int], Any] = {}
         self.traces = Traces(state, device)
@@ -71,8 +72,15 @@ class ModuleRecorder:
             return
         if len(self.fwd_hooks) != len(self.modules):
             self.fwd_hooks = [hooks.forward_hook(self.on_forward, mi) for mi in range(len(self.modules))]
-        for (module, _), hook in zip(self.modules, self.fwd_hooks, strict=True):
-            handles.append(module.register_forward_hook(hook))
+        if self.hook_entries is None:
+            entries = []
+            for (module, _), hook in zip(self.modules, self.fwd_hooks, strict=True):
+                handle = module.register_forward_hook(hook)
+                entries.append((module._forward_hooks, handle.id, hook))
+            self.hook_entries = hooks.HookEntries(entries)
+        else:  # every=N: the same entries back, without 5,000 handle objects per cycle
+            self.hook_entries.attach()
+        handles.append(self.hook_entries)
 
     def on_forward(self, mi: int, module: nn.Module, args: Any, output: Any) -> None:
         # Runs once per hooked module call: kept flat (each Python call here costs ~1 % at 5,000 modules).
@@ -248,6 +256,7 @@ class ModuleRecorder:
     def close(self) -> None:
         """Drop hook closures, modules and device sums (the Scope removed the handles)."""
         self.fwd_hooks, self.flow_hooks, self.flow_prehooks = [], {}, {}
+        self.hook_entries = None
         self.modules = []
         self.probation = Probation()
         self.act_batch.clear()

@@ -21,16 +21,16 @@ class HookEntries:
     object per module and cycle (registering 5,000 hooks took ~26 ms and fed the garbage collector).
     ``remove`` takes them all off, like a handle's."""
 
-    def __init__(self, entries: list[tuple[dict[int, Any], int, Any]]) -> None:
+    def __init__(self, entries: list[tuple[nn.Module, int, Any]]) -> None:
         self.entries = entries
 
     def attach(self) -> None:
-        for table, key, hook in self.entries:
-            table[key] = hook  # appended last, as a new registration would be
+        for module, key, hook in self.entries:  # the module's dict now, should anything have replaced it
+            module._forward_hooks[key] = hook  # appended last, as a new registration would be
 
     def remove(self) -> None:
-        for table, key, _ in self.entries:
-            table.pop(key, None)
+        for module, key, _ in self.entries:
+            module._forward_hooks.pop(key, None)
 
 
 def first_tensor(output: Any) -> Tensor | None:

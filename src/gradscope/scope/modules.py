@@ -76,7 +76,7 @@ class ModuleRecorder:
             entries = []
             for (module, _), hook in zip(self.modules, self.fwd_hooks, strict=True):
                 handle = module.register_forward_hook(hook)
-                entries.append((module._forward_hooks, handle.id, hook))
+                entries.append((module, handle.id, hook))
             self.hook_entries = hooks.HookEntries(entries)
         else:  # every=N: the same entries back, without 5,000 handle objects per cycle
             self.hook_entries.attach()

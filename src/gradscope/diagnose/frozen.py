@@ -3,8 +3,7 @@
 Fine-tuning with a frozen backbone is legitimate, so a freeze alone is info. It is a warning when
 most of the model (``warn_fraction`` of the elements) is frozen while the loss does not improve, or
 (a classifier) ends within ``chance_margin`` of chance level, having learned little beyond the class
-prior (see plateau.py):
-an accidentally frozen backbone. Cheap.
+prior (see plateau.py): an accidentally frozen backbone. Cheap.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     # Vanishing through time is only a fault when the loss does not learn: a GRU reading 20 tokens for
     # a label in the last few passes little gradient to the first ones, and rightly so.
     learning = trend is not None and not plateau.stuck(run, plateau.DEFAULTS)
+    burst_steps = _burst_steps(run)
     for key in sorted(run.scalars):
         if not key.startswith("rnn_grad_first/"):
             continue
@@ -51,11 +52,8 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(ok, first / np.where(ok, last, 1.0), np.nan)
         med = float(np.median(r[ok]))
-        severe = ok & (r > 1 / cfg["error_ratio"])
-        gn = run.scalars.get("grad_norm")
-        if gn is not None and gn.shape == r.shape and np.isfinite(gn).any():
-            # past ``ratio`` at a step where the whole model's gradient is 100x its usual size: an explosion
-            severe |= ok & (r > 1 / cfg["ratio"]) & (gn > BURST * np.nanmedian(np.where(np.isfinite(gn), gn, np.nan)))
+        # past ``error_ratio``, or past ``ratio`` at a step where the whole model's gradient burst
+        severe = ok & ((r > 1 / cfg["error_ratio"]) | ((r > 1 / cfg["ratio"]) & burst_steps))
         for side, hit in (("vanishing", ok & (r < cfg["ratio"])), ("exploding", ok & (r > 1 / cfg["ratio"]))):
             burst = side == "exploding" and bool(severe.any())
             if hit.sum() < cfg["persist"] * ok.sum() and not burst:
@@ -81,3 +79,15 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
             out.append(Finding("rnn_gradient", sev, [name],
                                stretch(run.steps, hit), ev, msg, remedy))
     return out
+
+
+def _burst_steps(run: Run) -> np.ndarray:
+    """Steps whose global gradient norm is ``BURST`` times the run's median (all False without one)."""
+    gn = run.scalars.get("grad_norm")
+    out = np.zeros(run.num_steps, bool)
+    if gn is None or gn.shape != out.shape:
+        return out
+    gn = np.where(np.isfinite(gn), gn.astype(np.float64), np.nan)
+    if np.isnan(gn).all():
+        return out
+    return gn > BURST * float(np.nanmedian(gn))

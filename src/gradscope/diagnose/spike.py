@@ -195,16 +195,11 @@ def _learning(run: Run, a: int, b: int, window: int, drop_bar: float) -> float:
     start = a - LEAD
     if loss is None or g is None or start < 5:
         return 0.0
-    loss, g = loss.astype(np.float64), g.astype(np.float64)
+    loss = np.where(np.isfinite(loss), loss.astype(np.float64), np.nan)
+    g = np.where(np.isfinite(g), g.astype(np.float64), np.nan)
     ref = slice(max(0, start - 2 * window), start)
-
-    def med(x: np.ndarray) -> float:
-        x = x[np.isfinite(x)]
-        return float(np.median(x)) if x.size else float("nan")
-
-    before, now = med(loss[ref]), med(loss[start:b + 1])
-    g_ref, g_lead = med(g[ref]), med(g[start:a])
-    if not (before > 0 and g_ref > 0) or not np.isfinite(now) or not np.isfinite(g_lead):
+    before, now, g_ref, g_lead = (float(nanmedian(x)) for x in (loss[ref], loss[start:b + 1], g[ref], g[start:a]))
+    if not (before > 0 and g_ref > 0 and np.isfinite(now) and np.isfinite(g_lead)):
         return 0.0
     drop = (before - now) / before
     return drop if drop >= drop_bar and g_lead >= LEAD_GROWTH * g_ref else 0.0

@@ -67,7 +67,7 @@ class _Pending:
 class SmallBatch:
     """Small tensors waiting for their sums (``add``), reduced together by ``drain``.
 
-    Only tensors on the batch's device are taken (``add`` says so); one flat copy per dtype.
+    Only tensors on the batch's device are taken (``accepts`` says so); one stacked copy per shape and dtype.
     """
 
     def __init__(self, device: torch.device, *, sums: bool = True, sumsq: bool = True) -> None:

@@ -146,8 +146,8 @@ class ModuleRecorder:
         if self.flow and y.requires_grad:
             # Hooks live and die with this step's graph; after close() they do nothing. A pre-hook on
             # the output's autograd node gets the same gradient as a tensor hook on the output (for an
-            # output changed in place later, the gradient of the value the module returned) at a
-            # fraction of the cost of registering a tensor hook.
+            # output changed in place later, the gradient of the value the module returned) for about
+            # half the cost of registering a tensor hook.
             node = y.grad_fn
             if node is None:  # a leaf (a module returning a parameter or its input)
                 hook = self.flow_hooks.get(r)

@@ -359,6 +359,42 @@ def test_eval_and_no_grad_passes_are_not_steps(run_dir):
     assert (run.metric("act", "mean")[:, 0] != 0).all()
 
 
+def test_a_submodule_left_in_eval_mode_is_recorded_while_the_model_trains(run_dir):
+    """from_pretrained returns a backbone in eval mode; wrapped in a model that trains, its outputs are
+    part of every training step. Only the watched model's own mode marks an eval pass."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Linear(6, 8), nn.Tanh()), nn.Linear(8, 2))
+    model[0].eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    kept: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        out.retain_grad()
+        kept.append(out)
+
+    model[0][0].register_forward_hook(keep)
+    means, flows = [], []
+    with gradscope.watch(model, opt, log_dir=run_dir) as scope:
+        for _ in range(3):
+            kept.clear()
+            loss = model(torch.randn(5, 6)).pow(2).sum()
+            opt.zero_grad()
+            loss.backward()
+            means.append(kept[0].double().mean().item())
+            flows.append(kept[0].grad.double().norm().item())
+            opt.step()
+            scope.log(loss=loss)
+            model.eval()
+            model(torch.randn(5, 6)).sum()  # the model's own eval pass, grad enabled: not a step
+            model.train()
+            model[0].eval()
+    run = gradscope.load_run(run_dir)
+    col = [r.name for r in run.rows_of("act")].index("0.0")
+    assert run.num_steps == 3
+    np.testing.assert_allclose(run.metric("act", "mean")[:, col], means, rtol=1e-5)
+    np.testing.assert_allclose(run.metric("flow", "norm")[:, col], flows, rtol=1e-5)
+
+
 def test_every_and_include_exclude(run_dir):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

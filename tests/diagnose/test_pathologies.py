@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from torch import nn
 
+import gradscope
 from gradscope.diagnose import Severity, diagnose
 from gradscope.report.text import dumps, report_json
 
@@ -139,3 +142,158 @@ def test_json_is_strict_and_follows_the_contract(name, request):
                           "caused_by", "consequences"}
         assert f["severity"] in ("info", "warning", "error")
         assert ("origin" in f) == (f["kind"] == "nonfinite")
+
+
+def _train(path, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int = 30,
+           batch: int = 32) -> gradscope.Run:
+    torch.set_num_threads(1)
+    opt = torch.optim.AdamW(model.parameters(), lr)
+    g = torch.Generator().manual_seed(0)
+    with gradscope.watch(model, opt, log_dir=path, tensorboard=False) as scope:
+        for _ in range(steps):
+            idx = torch.randint(0, x.shape[0], (batch,), generator=g)
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            scope.log(loss=loss)
+    return gradscope.load_run(path)
+
+
+class _Branches(nn.Module):
+    """``body`` then a branch: ``"ignored"``, its output computed and dropped (a pooler when the hidden
+    states are pooled by hand); ``"detached"``, the body's output detached before the head (a cut)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.body = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+        self.pool = nn.Sequential(nn.Linear(32, 32), nn.Tanh())
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        if self.mode == "ignored":
+            self.pool(h)  # computed, never used
+            return self.head(h)
+        return self.head(self.pool(h.detach()))
+
+
+@pytest.mark.parametrize("mode", ["ignored", "detached"])
+def test_an_ignored_output_is_info_a_gradient_cut_warns(mode, tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(512, 2)
+    findings = diagnose(_train(tmp_path / "run", _Branches(mode), x, (x[:, 0] > 0).long(), 1e-2))
+    f = one(findings, "unused_parameter")
+    if mode == "ignored":
+        assert f.severity == Severity.INFO and f.layers == ["pool.0.weight", "pool.0.bias"]
+        assert f.evidence["modules"] == ["pool.0"] and "never reached the loss" in f.message
+    else:  # everything before the detach starves: a bug, whatever ran after it
+        assert f.severity == Severity.WARNING
+        assert f.layers == ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"]
+
+
+def test_bert_pooler_unused_by_mean_pooling_is_not_a_warning(tmp_path):
+    """A BERT fine-tune that pools the hidden states itself (sentence-transformers style) leaves the
+    pretrained pooler without gradients: info, never a warning on a healthy run."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=16)
+
+    class MeanPooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = transformers.BertModel(cfg)
+            self.head = nn.Linear(32, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.backbone(input_ids=ids).last_hidden_state.mean(1))
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 60, (256, 12), generator=g)
+    y = ((ids < 30).float().mean(1) > 0.5).long()  # a bag-of-words label: mean pooling can learn it
+    run = _train(tmp_path / "run", MeanPooled(), ids, y, 3e-3, steps=40)
+    loss = run.scalars["loss"]
+    assert loss[-5:].mean() < 0.8 * loss[:5].mean()  # it learns: a healthy run
+    findings = diagnose(run)
+    f = one(findings, "unused_parameter")
+    assert f.severity == Severity.INFO
+    assert f.layers == ["backbone.pooler.dense.weight", "backbone.pooler.dense.bias"]
+    assert [g.kind for g in findings if g.severity != Severity.INFO] == []
+
+
+def _clusters_run(path, seed: int, bad_step: int | None = None) -> gradscope.Run:
+    """A 20-128-128-5 ReLU MLP with Adam on Gaussian clusters, 300 steps: it converges (loss ~1e-3);
+    ``bad_step`` feeds one mislabelled batch there (every label shifted by one class)."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(5, 20, generator=g) * 2 / 20 ** 0.5 * 2
+    model = nn.Sequential(nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 5))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with gradscope.watch(model, opt, log_dir=path, tensorboard=False) as scope:
+        for t in range(300):
+            y = torch.randint(0, 5, (128,), generator=g)
+            x = centers[y] + 0.5 * torch.randn(128, 20, generator=g)
+            loss = nn.functional.cross_entropy(model(x), (y + 1) % 5 if t == bad_step else y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            scope.log(loss=loss)
+    return gradscope.load_run(path)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_spikes_of_a_converged_model_are_info(seed, tmp_path):
+    """Late in a run whose loss fell to ~0.1 % of its start, a few hard examples make the (tiny) norm
+    jump 5-14x its median while it stays 10x below the starting norm: noise, not a health problem."""
+    run = _clusters_run(tmp_path / "run", seed)
+    loss = run.scalars["loss"]
+    assert loss[-10:].mean() < 0.01 * loss[:10].mean()
+    findings = diagnose(run)
+    assert [f.kind for f in findings if f.severity != Severity.INFO] == []
+
+
+def test_a_bad_batch_on_a_converged_model_still_warns(tmp_path):
+    run = _clusters_run(tmp_path / "run", 0, bad_step=250)
+    f = [f for f in diagnose(run) if f.kind == "gradient_spike" and f.severity != Severity.INFO]
+    assert [x.steps[0] for x in f] == [250]
+
+
+def _regression_run(path, seed: int, lr: float) -> gradscope.Run:
+    """A 16-64-64-1 ReLU MLP regressing a smooth target with SGD + momentum, 60 steps."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(16, 1, generator=g)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    with gradscope.watch(model, opt, log_dir=path, tensorboard=False) as scope:
+        for _ in range(60):
+            x = torch.randn(64, 16, generator=g)
+            loss = nn.functional.mse_loss(model(x), torch.sin(x @ w) + 0.1 * x[:, :1] ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            scope.log(loss=loss)
+    return gradscope.load_run(path)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sgd_diverging_from_its_first_updates_is_a_learning_rate_root(seed, tmp_path):
+    """SGD at lr 2: moderate gradients at step 0, then each update overshoots further (weights 50x,
+    loss 1e4x by step 20), the ReLUs die and the gradients explode. The per-step update ratio never looks
+    extreme (the weights grow as fast as the updates): the root is still the learning rate."""
+    findings = diagnose(_regression_run(tmp_path / "run", seed, lr=2.0))
+    head = findings[0]
+    assert head.kind == "learning_rate" and head.severity == Severity.ERROR
+    assert "diverges from its first updates" in head.message
+    assert all(f.caused_by == head.id for f in findings[1:] if f.severity == Severity.ERROR)
+    assert all("#" not in f.message for f in findings)  # no bare index pattern shown as a "role"
+
+
+def test_sgd_at_a_sane_learning_rate_is_not_flagged(tmp_path):
+    findings = diagnose(_regression_run(tmp_path / "run", 0, lr=0.01))
+    assert "learning_rate" not in kinds(findings)
+    assert [f.kind for f in findings if f.severity != Severity.INFO] == []

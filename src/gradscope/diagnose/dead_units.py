@@ -47,8 +47,8 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         starved = _starved(run, r.depth) if med >= cfg["error_frac"] else []
         if starved:
             ev["starved_params"] = starved
-            msg += (f" Every layer before it gets exactly zero gradient ({len(starved)} parameter(s) "
-                    "never move).")
+            msg += (f" Every layer before it, and the weight of the layer that reads its all-zero output, "
+                    f"get exactly zero gradient ({len(starved)} parameter(s) never move).")
         findings.append(Finding("dead_units", sev, [r.name], stretch(run.steps, hit), ev, msg, remedy))
     return findings
 

@@ -6,7 +6,11 @@ at Adam lr 3, or AdamW lr 0.1 on a pretrained BERT (weights of rms ~0.04), the f
 larger than the weights themselves. Flagged when, on at least half of the dense weights, the median
 update ratio reaches ``early_high`` within the first ``early_samples`` sampled steps (after the
 first updates the weights have grown, so the ratio falls back even as training breaks); or when the
-update ratio stays above ``high`` on half of the weights while their norms grow ``growth``-fold.
+update ratio stays above ``high`` on half of the weights while their norms grow ``growth``-fold; or
+when the run diverges from its first updates: over the first ``early_samples`` sampled steps the
+median weight norm grows ``growth``-fold while the loss climbs ``early_loss_rise``-fold (plain SGD at
+lr 2: moderate gradients at step 0, then every update overshoots further; the per-step update ratio
+never looks extreme because the weights grow as fast as the updates).
 This is the root of what follows (exploding gradients, dead units, spikes, saturation, NaN).
 Cheap: a median over the sampled update-ratio rows.
 """
@@ -20,6 +24,7 @@ import numpy as np
 
 from gradscope.diagnose._util import SPARSE_TYPES, adaptive, nanmedian, sampled_steps, used_param_cols
 from gradscope.diagnose.findings import Finding, Severity
+from gradscope.diagnose.link import ROOT_CLAIM
 from gradscope.run.reader import Run
 
 NAME = "learning_rate"
@@ -32,8 +37,12 @@ HIGH = 0.1
 # ... while the weight norms grow threefold: the weights are blowing up, not settling.
 GROWTH = 3.0
 SHARE = 0.5
+# A loss 10x its first value within the first sampled steps, while the weights grow GROWTH-fold: the
+# run diverges from its first updates (a run that learns never climbs like that; an explosion at
+# initialisation starts high and leaves the weights alone).
+EARLY_LOSS_RISE = 10.0
 DEFAULTS: dict[str, float] = {"early_high": EARLY_HIGH, "early_samples": EARLY_SAMPLES, "high": HIGH,
-                              "growth": GROWTH, "share": SHARE}
+                              "growth": GROWTH, "share": SHARE, "early_loss_rise": EARLY_LOSS_RISE}
 
 
 def _dense_cols(run: Run) -> list[int]:
@@ -47,7 +56,7 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     if not cols:
         return []
     sampled = sampled_steps(run)
-    if sampled.size < 2:
+    if sampled.size < 1:
         return []
     ur = run.metric("param", "update_ratio")[sampled][:, cols].astype(np.float64)  # sampled rows only
     ur = np.where(np.isfinite(ur), ur, np.nan)
@@ -62,7 +71,9 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         high_share = float(np.mean(all_med >= cfg["high"]))
     g_med = float(np.nanmedian(growth)) if np.isfinite(growth).any() else float("nan")
     blowing = high_share >= cfg["share"] and g_med >= cfg["growth"]
-    if early_share < cfg["share"] and not blowing:
+    ratios = sampled.size >= 2 and (early_share >= cfg["share"] or blowing)  # the update-ratio evidence
+    diverging = _diverging(run, cols, early, cfg)
+    if not ratios and diverging is None:
         return []
     rows = run.rows_of("param")
     worst = np.argsort(-np.nan_to_num(early_med if early_share >= cfg["share"] else all_med, nan=-1))
@@ -78,16 +89,57 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         ev["lr_max"] = float(np.nanmax(lr))
     steps = (int(run.steps[early[0]]), int(run.steps[-1]))  # from the first large update on
     lr_txt = f" (lr {ev['lr_first']:.3g})" if "lr_first" in ev else ""
-    msg = (f"The learning rate{lr_txt} is far too high: the first updates change the weights by "
-           f"{ev['early_update_ratio_max_median']:.2g} of their norm (median ||dw||/||w|| over "
-           f"{len(cols)} weights; about 1e-3 is healthy)"
-           + (f" and the weight norms grow {g_med:.1f}x over the run" if np.isfinite(g_med) and g_med > 1.5
-              else "") + ". Everything below follows from it.")
+    if not ratios and diverging is not None:
+        w_growth, loss_rise, until = diverging
+        ev.update(early_weight_growth=w_growth if np.isfinite(w_growth) else None, early_loss_rise=loss_rise)
+        grew = (f"the weight norms grew {w_growth:.3g}x (median over {len(cols)} weights)" if np.isfinite(w_growth)
+                else "the weights went non-finite")
+        msg = (f"The learning rate{lr_txt} is far too high: the run diverges from its first updates. By "
+               f"step {until} {grew} and the loss climbed to {loss_rise:.3g}x its first value, step after "
+               "step: each update overshoots further." + ROOT_CLAIM)
+    else:
+        msg = (f"The learning rate{lr_txt} is far too high: the first updates change the weights by "
+               f"{ev['early_update_ratio_max_median']:.2g} of their norm (median ||dw||/||w|| over "
+               f"{len(cols)} weights; about 1e-3 is healthy)"
+               + (f" and the weight norms grow {g_med:.1f}x over the run" if np.isfinite(g_med) and g_med > 1.5
+                  else "") + "." + ROOT_CLAIM)
     remedy = ("Lower the learning rate 10-100x (aim for ||dw||/||w|| near 1e-3; for fine-tuning a "
               "pretrained transformer AdamW lr 1e-5 to 5e-5, for training from scratch Adam 1e-4 to "
               "1e-3), with a linear warm-up over the first few hundred steps; then rerun and check "
               "the update ratio.")
     return [Finding("learning_rate", Severity.ERROR, layers, steps, ev, msg, remedy)]
+
+
+def _diverging(run: Run, cols: list[int], early: np.ndarray,
+               cfg: dict[str, float]) -> tuple[float, float, int] | None:
+    """(median weight-norm growth, loss rise, step) when the run diverges from its first updates: over
+    the early sampled steps the weights grow ``growth``-fold and the loss ``early_loss_rise``-fold. When
+    the weights are non-finite by the second sample (growth inf), a loss that climbed step after step
+    (3 rises in a row) to ``early_loss_rise`` squared before it broke is enough."""
+    loss = run.scalars.get("loss")
+    if loss is None or early.size < 1:
+        return None
+    wn = run.metric("param", "weight_norm")[:, cols].astype(np.float64)
+    first = wn[early[0]]
+    later = wn[early[1:]] if early.size > 1 else wn[early[0] + 1:early[0] + 1 + 10 * int(cfg["early_samples"])]
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        w_growth = float(np.nanmedian(np.nanmax(later, axis=0) / np.where(first > 0, first, np.nan))) \
+            if later.size and np.isfinite(later).any() else float("inf")
+    end = int(early[-1]) + 1 if early.size > 1 else min(loss.shape[0], int(early[0]) + 10 * int(cfg["early_samples"]))
+    head = loss[:end].astype(np.float64)
+    broke = np.flatnonzero(~np.isfinite(head))
+    head = head[:broke[0]] if broke.size else head
+    if head.size < 4 or not head[0] > 0:
+        return None
+    peak = int(np.argmax(head))
+    rise = float(head[peak] / head[0])
+    if np.isfinite(w_growth):
+        ok = w_growth >= cfg["growth"] and rise >= cfg["early_loss_rise"]
+    else:  # the weights broke before they were sampled again: the loss's own climb must show it
+        climbing = peak >= 3 and bool(np.all(np.diff(head[peak - 3:peak + 1]) > 0))
+        ok = climbing and rise >= cfg["early_loss_rise"] ** 2
+    return (w_growth, rise, int(run.steps[min(peak, len(run.steps) - 1)])) if ok else None
 
 
 def _growth(run: Run, cols: list[int], sampled: np.ndarray) -> np.ndarray:

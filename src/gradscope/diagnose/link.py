@@ -137,6 +137,11 @@ def _root(parent: dict[int, int], i: int) -> int:
     return i
 
 
+# How a detector that usually finds the root cause ends its message; dropped where another finding
+# explains it (e.g. an RNN explosion through time that makes even a normal learning rate too large).
+ROOT_CLAIM = " Everything below follows from it."
+
+
 def link(findings: list[Finding]) -> list[Finding]:
     """Set ids, ``caused_by`` and ``consequences``; return the findings, roots first, each root
     followed by its consequences. A symptom is tied to the most upstream cause that explains it."""
@@ -165,6 +170,8 @@ def link(findings: list[Finding]) -> list[Finding]:
         root = findings[_root(parent, ci)]
         findings[si].caused_by = root.id
         root.consequences.append(findings[si].id)
+        if findings[si].message.endswith(ROOT_CLAIM):  # a would-be root that another one explains
+            findings[si].message = findings[si].message[:-len(ROOT_CLAIM)] + f" It follows from {root.id}."
     for f in ordered:
         f.consequences.sort(key=lambda i: int(i[1:]))
     return ordered

@@ -59,10 +59,15 @@ GAP = 3
 LEARNING_DROP = 0.15
 LEAD = 5
 LEAD_GROWTH = 1.5
+# An episode whose peak gradient norm stays at or below the norm the run started with (median of its
+# first ``min_history`` steps), while the loss at its worst is at most this fraction (10 %) of the
+# starting loss, is the noise of a converged model: a few hard examples dominate a mean gradient that
+# has become tiny, and "13x the median" is still 10x below where training began. Info.
+CONVERGED_LOSS = 0.1
 DEFAULTS: dict[str, float] = {
     "window": WINDOW, "z": Z, "factor": FACTOR, "error_factor": ERROR_FACTOR,
     "min_history": MIN_HISTORY, "max_reported": MAX_REPORTED, "loss_factor": LOSS_FACTOR, "gap": GAP,
-    "learning_drop": LEARNING_DROP,
+    "learning_drop": LEARNING_DROP, "converged_loss": CONVERGED_LOSS,
 }
 _LN10 = np.log(10.0)
 
@@ -178,6 +183,17 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         if loss_hit[lo:hi].any():
             worst = float(10.0 ** np.max(np.where(loss_hit[lo:hi], loss_dev[lo:hi], -np.inf)))
             f.message = f.message[:-1] + f"; the loss spikes with it ({worst:.1f}x its median)."
+        calm = _converged(run, lo, hi, int(cfg["min_history"]), cfg["converged_loss"])
+        if calm is not None and f.severity == Severity.WARNING:
+            start_norm, loss_frac = calm
+            f.severity = Severity.INFO  # late noise of a converged model, below where training began
+            f.evidence.update(start_norm=start_norm, loss_fraction_of_start=loss_frac)
+            f.message = (f.message[:-1] + f"; but the norm stays below the {start_norm:.3g} the run started "
+                         f"with and the loss is at {loss_frac:.1%} of its starting level: the noise of a "
+                         "converged model (a few hard examples dominate a tiny mean gradient).")
+            f.remedy = ("Nothing to do while the loss stays this low. If such spikes grow past the starting "
+                        "norm or the loss climbs back, lower the learning rate (or decay it) or clip "
+                        "adaptively (ZClip, AutoClip).")
         findings.append(f)
     alone = lhit.any(axis=1) & ~near if has_global else np.zeros(t, bool)
     if alone.any():
@@ -203,6 +219,21 @@ def _learning(run: Run, a: int, b: int, window: int, drop_bar: float) -> float:
         return 0.0
     drop = (before - now) / before
     return drop if drop >= drop_bar and g_lead >= LEAD_GROWTH * g_ref else 0.0
+
+
+def _converged(run: Run, lo: int, hi: int, start: int, loss_bar: float) -> tuple[float, float] | None:
+    """(starting norm, worst loss / starting loss) when steps [lo, hi) look like a converged model's
+    noise (see ``CONVERGED_LOSS``), else None. Starting levels: medians of the first ``start`` steps."""
+    loss, g = run.scalars.get("loss"), global_norm(run)
+    if loss is None or g is None:
+        return None
+    loss = np.where(np.isfinite(loss), loss.astype(np.float64), np.nan)
+    g = np.where(np.isfinite(g), g, np.nan)
+    g0, l0 = float(nanmedian(g[:start])), float(nanmedian(loss[:start]))
+    peak, worst = float(np.nanmax(g[lo:hi], initial=np.nan)), float(np.nanmax(loss[lo:hi], initial=np.nan))
+    if not (g0 > 0 and l0 > 0 and np.isfinite(peak) and np.isfinite(worst) and worst >= 0):
+        return None
+    return (g0, worst / l0) if peak <= g0 and worst <= loss_bar * l0 else None
 
 
 def _layer_only(run: Run, alone: np.ndarray, lhit: np.ndarray, ldev: np.ndarray,

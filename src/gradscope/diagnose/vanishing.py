@@ -133,7 +133,9 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     sev = Severity.ERROR if ratio < cfg["error_ratio"] else Severity.WARNING
     layers = _affected(prof, cfg["ratio"] ** 0.5) or [prof.names[0]]
     what = "weight-gradient RMS" if label == "weight" else "gradient flowing into the module outputs"
-    among = "" if evidence["compared"] == "all layers" else f" (comparing {evidence['compared']} across blocks)"
+    compared = evidence["compared"]
+    among = ("" if compared == "all layers" else f" (comparing {compared} only)" if compared.startswith("the ")
+             else f" (comparing {compared} across blocks)")
     msg = (f"Gradients vanish with depth{among}: the first layer's {what} is {ratio:.1e} times the last "
            f"layer's (x{ev['decay_per_layer']:.2f} per layer over {ev['layers_measured']} layers) on "
            f"{ev['frac_steps']:.0%} of steps; {prof.names[0]} hardly trains.")
@@ -142,8 +144,14 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
 
 
 def _role_of(prof: Profile) -> str:
+    """What the compared layers share: their role in each block (``layer.#.attention.query``), or, in a
+    flat stack whose names are bare indices, their module type ("the Linear layers")."""
     exact = {role(n) for n in prof.names}
-    return exact.pop() if len(exact) == 1 else role(prof.names[0], loose=True)
+    shared = exact.pop() if len(exact) == 1 else role(prof.names[0], loose=True)
+    if set(shared.split(".")) <= {"#"}:
+        types = set(prof.types or [])
+        return f"the {types.pop()} layers" if len(types) == 1 else "all layers"
+    return shared
 
 
 def transformer(run: Run) -> bool:

@@ -133,7 +133,7 @@ class Scope:
         self._buffers = StepBuffers(flush_every, self._device, {"param": len(self._rows)})
         self._state = StepState(every, update_every, self._buffers)
         self._module_side = ModuleRecorder(hooked, self._rows, self._state, self._begin_activity,
-                                           activations=activations, flow=flow, device=self._device)
+                                           activations=activations, flow=flow, device=self._device, root=model)
         self._param_side = ParamRecorder(named, watched, self._state, self._module_side, opts, scaler,
                                          self._device, self._begin_activity, self._mark_stepped, self.event)
         self._stopper = Stopper.make(self.log_dir, live, on_finding, rule, self._rank0, self._device)

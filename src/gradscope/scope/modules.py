@@ -39,8 +39,11 @@ class ModuleRecorder:
 
     def __init__(self, modules: list[tuple[nn.Module, ModuleInfo]], param_rows: list[Row], state: StepState,
                  begin_activity: Callable[[], None], *, activations: bool, flow: bool,
-                 device: torch.device) -> None:
+                 device: torch.device, root: nn.Module | None = None) -> None:
         self.modules = modules
+        # Whether a pass trains is the watched model's mode, not each module's: a backbone left in eval
+        # mode (from_pretrained returns one) inside a model that trains still runs in its training steps.
+        self.root = root
         self.param_rows = param_rows
         self.state = state
         self.begin_activity = begin_activity
@@ -91,8 +94,8 @@ class ModuleRecorder:
         recompute = _graph_task_id() != -1  # activation checkpointing re-running forward in backward
         if info.depth is None or (info.container and info.order is None):
             self.first_calls(mi, info, recompute)
-        if not module.training or not _grad_enabled():
-            return  # eval and no_grad passes are not training steps
+        if not self.training(module) or not _grad_enabled():
+            return  # eval and no_grad passes of the watched model are not training steps
         if not recompute and state.stepped:
             self.begin_activity()
         if state.index % state.every:
@@ -126,8 +129,13 @@ class ModuleRecorder:
         ranked = info.watched or bool(info.param_rows)  # containers without parameters get no depth
         if info.container and info.order is None and not recompute:
             self.traces.first_forward(info, self.next_depth)
-        if ranked and info.depth is None and (not recompute or (self.modules[mi][0].training and _grad_enabled())):
+        if ranked and info.depth is None and (not recompute or (self.training(self.modules[mi][0])
+                                                               and _grad_enabled())):
             self.assign_depth(mi, info)
+
+    def training(self, module: nn.Module) -> bool:
+        """Whether a pass through ``module`` trains: the watched model's mode (see ``root``)."""
+        return (module if self.root is None else self.root).training
 
     def record_activation(self, r: int, module_type: str, y: Tensor) -> None:
         if self.activations:
@@ -258,6 +266,7 @@ class ModuleRecorder:
         self.fwd_hooks, self.flow_hooks, self.flow_prehooks = [], {}, {}
         self.hook_entries = None
         self.modules = []
+        self.root = None
         self.probation = Probation()
         self.act_batch.clear()
         self.flow_batch.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -297,3 +298,58 @@ def test_sgd_at_a_sane_learning_rate_is_not_flagged(tmp_path):
     findings = diagnose(_regression_run(tmp_path / "run", 0, lr=0.01))
     assert "learning_rate" not in kinds(findings)
     assert [f.kind for f in findings if f.severity != Severity.INFO] == []
+
+
+def _epochs_run(path, forget_train: bool, layers: list[nn.Module]) -> gradscope.Run:
+    """4 epochs of 10 steps, each followed by a validation pass in eval mode (grad enabled, as a loop
+    that forgets torch.no_grad() has it); ``forget_train``: model.train() only before the first epoch."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = nn.Sequential(*layers)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x = torch.randn(512, 10)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+    g = torch.Generator().manual_seed(0)
+    with gradscope.watch(model, opt, log_dir=path, tensorboard=False) as scope:
+        for epoch in range(4):
+            if epoch == 0 or not forget_train:
+                model.train()
+            for _ in range(10):
+                idx = torch.randint(0, 512, (32,), generator=g)
+                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                scope.log(loss=loss)
+            model.eval()
+            model(x[:64]).sum()  # validation
+    return gradscope.load_run(path)
+
+
+def _mode_layers() -> list[nn.Module]:
+    return [nn.Linear(10, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU(),
+            nn.Linear(32, 3)]
+
+
+def test_training_on_in_eval_mode_after_validation_warns(tmp_path):
+    run = _epochs_run(tmp_path / "run", True, _mode_layers())
+    f = one(diagnose(run), "eval_mode")
+    assert f.severity == Severity.WARNING and f.steps == (10, 39)
+    assert f.evidence["steps_in_eval_mode"] == 30 and f.evidence["module_types"] == ["BatchNorm1d", "Dropout"]
+    assert f.layers == ["2", "4"] and "model.train()" in f.remedy
+    # The steps trained in eval mode are still recorded (from the second one: the first optimizer
+    # step in eval mode is what tells the Scope that eval passes train).
+    assert np.isfinite(run.metric("act", "mean")[11:]).all()
+
+
+def test_a_loop_that_calls_train_after_validation_is_clean(tmp_path):
+    run = _epochs_run(tmp_path / "run", False, _mode_layers())
+    assert (run.scalars["model_eval_mode"] == 0).all()
+    assert "eval_mode" not in kinds(diagnose(run))
+    assert np.isfinite(run.metric("act", "mean")).all()
+
+
+def test_eval_mode_without_mode_dependent_layers_is_info(tmp_path):
+    run = _epochs_run(tmp_path / "run", True, [nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3)])
+    f = one(diagnose(run), "eval_mode")
+    assert f.severity == Severity.INFO and "no dropout or batch norm" in f.message

@@ -21,6 +21,7 @@ from gradscope.diagnose import (
     frozen,
     inputs,
     learning_rate,
+    mode,
     nonfinite,
     optimizer,
     plateau,
@@ -39,7 +40,7 @@ from gradscope.diagnose.findings import FINDINGS_SCHEMA, Finding, Severity
 from gradscope.diagnose.link import link
 from gradscope.run.reader import Run
 
-DETECTORS = (exception, stale, optimizer, inputs, nonfinite, learning_rate, vanishing, exploding, rnn,
+DETECTORS = (exception, stale, optimizer, mode, inputs, nonfinite, learning_rate, vanishing, exploding, rnn,
              spike, dead_units, saturation, unused, frozen, update_ratio, plateau)
 DEFAULT_CONFIG = defaults(DETECTORS)
 # For live use (#18, on the writer thread): these sort every column over all steps (the depth

@@ -17,7 +17,7 @@ from gradscope.diagnose.findings import Finding, Severity
 # Upstream first: a finding earlier in this list is tried as a cause before a later one, and among
 # roots of equal severity it is the headline.
 CAUSAL_ORDER = (
-    "exception", "stale_gradients", "not_in_optimizer", "input_scale", "learning_rate",
+    "exception", "stale_gradients", "not_in_optimizer", "eval_mode", "input_scale", "learning_rate",
     "frozen_parameters", "dead_units", "saturation", "rnn_gradient", "exploding_gradient",
     "vanishing_gradient", "nonfinite", "gradient_spike", "amp_overflow", "loss_spike", "update_ratio",
     "unused_parameter", "loss_plateau",

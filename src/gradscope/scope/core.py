@@ -370,7 +370,7 @@ class Scope:
     def _on_root_forward(self) -> None:
         """A forward of the whole model (hooks detached): a training forward begins a new step."""
         self._root_seen = True
-        if (self._state.closed or self._model is None or not self._model.training
+        if (self._state.closed or self._model is None or not self._state.trains(self._model)
                 or not torch.is_grad_enabled()):
             return
         if not hooks.in_backward():

@@ -10,6 +10,10 @@
 - Trainable parameters in no optimizer's param_groups (they get gradients and never move): checked
   once, at the first optimizer step, against every optimizer given to watch() (event
   ``not_in_optimizer`` with the names).
+- The model's mode: scalar ``model_eval_mode`` (1 when the model was in eval mode at the first
+  backward of the step: training with dropout off and BatchNorm frozen, the forgotten
+  ``model.train()`` after a validation pass). From the first optimizer step taken in eval mode on,
+  the Scope counts eval-mode passes as training passes, so the activation and flow rows are kept.
 - The model's input: mean, std, max |x| and a non-finite flag of the first floating-point tensor
   passed to the model's forward (scalars ``input_mean``, ``input_std``, ``input_absmax``,
   ``input_nonfinite``), once per recorded step. Integer inputs (token ids) are skipped, and so is
@@ -81,6 +85,8 @@ class LoopChecks:
         self.pending = {}
         self.backward_seen = False
         self.input_seen = False
+        if self.model is not None:
+            state.eval_trains = not self.model.training
 
     # -- stale gradients ------------------------------------------------------------------------
     def _sentinel(self, p: nn.Parameter) -> Callable[[Tensor], None]:
@@ -97,6 +103,7 @@ class LoopChecks:
             old = p.grad  # before this backward accumulates into it
             value: Tensor | float = 0.0 if old is None else torch.linalg.vector_norm(old.detach()).float()
             self.pending["stale_grad_norm"] = value
+            self.pending["model_eval_mode"] = 0.0 if self.model.training else 1.0
 
         return on_grad
 
@@ -129,7 +136,7 @@ class LoopChecks:
     # -- input ----------------------------------------------------------------------------------
     def on_input(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         state = self.state
-        if state.closed or not module.training or not torch.is_grad_enabled() or hooks.in_backward():
+        if state.closed or not state.trains(module) or not torch.is_grad_enabled() or hooks.in_backward():
             return
         self.begin_activity()
         if self.input_seen or not state.scheduled():

@@ -135,7 +135,7 @@ class ModuleRecorder:
 
     def training(self, module: nn.Module) -> bool:
         """Whether a pass through ``module`` trains: the watched model's mode (see ``root``)."""
-        return (module if self.root is None else self.root).training
+        return self.state.trains(module if self.root is None else self.root)
 
     def record_activation(self, r: int, module_type: str, y: Tensor) -> None:
         if self.activations:

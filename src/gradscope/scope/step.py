@@ -23,6 +23,9 @@ class StepState:
         self.closed = False
         self.rows_dirty = True  # the manifest must be written again (new rows, depths, shapes)
         self.events: list[dict[str, Any]] = []
+        # The model was in eval mode when the optimizer last stepped: it trains in eval mode (a
+        # model.eval() for validation without model.train() after), so its eval passes are steps.
+        self.eval_trains = False
 
     def scheduled(self) -> bool:
         """Whether the current step is recorded (every ``every``-th)."""
@@ -37,6 +40,11 @@ class StepState:
         if self.slot is None:
             self.slot = self.buffers.open_slot(self.index)
         return self.slot
+
+    def trains(self, model: Any) -> bool:
+        """Whether a grad-enabled pass through the watched ``model`` is a training pass: train mode,
+        or eval mode in a loop that has been stepping the optimizer in eval mode."""
+        return bool(model.training) or self.eval_trains
 
     def event(self, kind: str, **data: Any) -> None:
         self.events.append({"step": self.index, "kind": kind, **data})

@@ -1,0 +1,58 @@
+"""eval_mode: the model trained in eval mode, the forgotten ``model.train()`` after a validation
+pass: dropout is off and BatchNorm normalises with its running statistics (and stops updating them),
+so the optimizer trains a different model than the one meant, and the validation numbers stop
+meaning what they should.
+
+Exact, from the watch side (scope/loop.py): scalar ``model_eval_mode`` is 1 when the watched model
+was in eval mode at the first backward of a step. A warning when the model has modules whose
+behaviour depends on the mode (dropout, batch norm); info otherwise (the maths is the same, but a
+loop that forgets ``train()`` will bite once such a module is added). Cheap: one scalar.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradscope.diagnose._util import stretch
+from gradscope.diagnose.findings import Finding, Severity
+from gradscope.run.reader import Run
+
+NAME = "mode"
+MIN_STEPS = 1
+DEFAULTS: dict[str, float] = {"min_steps": MIN_STEPS}
+# Module types whose forward differs between train() and eval().
+MODE_TYPES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
+              "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d",
+              "LazyBatchNorm2d", "LazyBatchNorm3d")
+
+
+def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
+    m = run.scalars.get("model_eval_mode")
+    if m is None or run.num_steps == 0:
+        return []
+    seen = np.isfinite(m)
+    with np.errstate(invalid="ignore"):
+        hit = seen & (m > 0.5)
+    n, k = int(seen.sum()), int(hit.sum())
+    if k < cfg["min_steps"]:
+        return []
+    mode_modules = sorted({r.name.rsplit(".", 1)[0] if r.kind == "param" else r.name
+                           for r in run.rows if r.module_type in MODE_TYPES})
+    types = sorted({r.module_type for r in run.rows if r.module_type in MODE_TYPES})
+    first = int(run.steps[np.flatnonzero(hit)[0]])
+    back = bool((seen & ~hit)[np.flatnonzero(hit)[0]:].any())  # train mode again after it
+    ev = {"steps_checked": n, "steps_in_eval_mode": k, "first_step": first,
+          "mode_dependent_modules": len(mode_modules), "module_types": types}
+    effects = [text for text, on in (("dropout was off", any("Dropout" in t for t in types)),
+                                     ("batch norm used its running statistics, which stopped updating",
+                                      any("Norm" in t for t in types))) if on]
+    affected = (f"{' and '.join(effects)} ({len(mode_modules)} such layers)" if effects
+                else "it has no dropout or batch norm, so the maths was the same")
+    msg = (f"The model trained in eval mode on {k} of {n} steps (from step {first}"
+           + (", on and off" if back else "") + f"): {affected}. A validation pass that calls model.eval() "
+           "without model.train() after it does this.")
+    remedy = ("Call model.train() at the start of every training epoch (after each validation pass). To "
+              "train without dropout on purpose, set its p to 0 and keep train mode; to freeze batch norm, "
+              "call .eval() on those layers only, after model.train().")
+    sev = Severity.WARNING if types else Severity.INFO
+    return [Finding("eval_mode", sev, mode_modules[:20], stretch(run.steps, hit), ev, msg, remedy)]

@@ -353,3 +353,21 @@ def test_eval_mode_without_mode_dependent_layers_is_info(tmp_path):
     run = _epochs_run(tmp_path / "run", True, [nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3)])
     f = one(diagnose(run), "eval_mode")
     assert f.severity == Severity.INFO and "no dropout or batch norm" in f.message
+
+
+def test_dead_layers_after_a_fully_dead_one_are_its_consequences(tmp_path):
+    """Every ReLU's bias at -3: the first layer is all dead, so every later one sees a constant and
+    dies with it. One root (the first dead layer), not one error per layer."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for i, o in ((10, 32), (32, 32), (32, 32)):
+        lin = nn.Linear(i, o)
+        nn.init.constant_(lin.bias, -3.0)
+        layers += [lin, nn.ReLU()]
+    x = torch.randn(512, 10)
+    model = nn.Sequential(*layers, nn.Linear(32, 3))
+    findings = diagnose(_train(tmp_path / "run", model, x, (x[:, 0] > 0).long(), 1e-3))
+    dead = [f for f in findings if f.kind == "dead_units"]
+    assert [f.layers for f in dead] == [["1"], ["3"], ["5"]]
+    assert dead[0].caused_by is None and findings[0] is dead[0]
+    assert [f.caused_by for f in dead[1:]] == [dead[0].id, dead[0].id]

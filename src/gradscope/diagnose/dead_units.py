@@ -37,7 +37,7 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
         r = rows[c]
         ev = {"dead_frac_median": med, "dead_frac_max": float(np.max(col[valid])),
               "frac_steps": float(frac), "longest_stretch": int(longest),
-              "zero_frac_median": _median(run.metric("act", "zero_frac")[:, c])}
+              "zero_frac_median": _median(run.metric("act", "zero_frac")[:, c]), "depth": r.depth}
         msg = (f"{med:.0%} of the units of {r.name} ({r.module_type}) are dead (no positive output "
                f"over a whole step) on {frac:.0%} of steps; they get no gradient and do not recover.")
         remedy = ("Use LeakyReLU/ELU/GELU so that negative inputs still pass a gradient; lower the "

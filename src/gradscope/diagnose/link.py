@@ -92,6 +92,13 @@ def _through_time_sgd(cause: Finding, symptom: Finding) -> bool:
     return cause.evidence.get("direction") == "exploding" and symptom.evidence.get("adaptive") is not True
 
 
+def _after_a_dead_layer(cause: Finding, symptom: Finding) -> bool:
+    """A layer whose units are all dead passes a constant on: the dead layers after it (deeper) follow."""
+    d_cause, d_symptom = cause.evidence.get("depth"), symptom.evidence.get("depth")
+    return (cause.evidence.get("dead_frac_median", 0.0) >= 0.999 and d_cause is not None
+            and d_symptom is not None and d_symptom > d_cause)
+
+
 def _saturated_after(cause: Finding, symptom: Finding) -> bool:
     """A recurrent module whose gradients exploded through time, then vanish through time: the
     explosion's update drove the cell into saturation."""
@@ -112,6 +119,7 @@ RULES: dict[str, list[tuple[str, Rule]]] = {
     "learning_rate": [(k, _not_before) for k in _DOWNSTREAM],
     "frozen_parameters": [("loss_plateau", _frozen_warning)],
     "dead_units": [("unused_parameter", _starved), ("vanishing_gradient", _not_before),
+                   ("dead_units", _after_a_dead_layer),
                    ("loss_plateau", _always), ("update_ratio", _update_side("low"))],
     "saturation": [("vanishing_gradient", _always), ("loss_plateau", _always),
                    ("update_ratio", _update_side("low"))],

@@ -371,3 +371,47 @@ def test_dead_layers_after_a_fully_dead_one_are_its_consequences(tmp_path):
     assert [f.layers for f in dead] == [["1"], ["3"], ["5"]]
     assert dead[0].caused_by is None and findings[0] is dead[0]
     assert [f.caused_by for f in dead[1:]] == [dead[0].id, dead[0].id]
+
+
+def _scheduled_run(path, lr_at) -> gradscope.Run:
+    """A ReLU MLP on Gaussian clusters, SGD + momentum, 160 steps, lr set by ``lr_at(step)``."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(5, 20, generator=g) * 0.3  # overlapping: the loss stays near 0.5
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=lr_at(0), momentum=0.9)
+    with gradscope.watch(model, opt, log_dir=path, tensorboard=False) as scope:
+        for t in range(160):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(t)
+            y = torch.randint(0, 5, (64,), generator=g)
+            loss = nn.functional.cross_entropy(model(centers[y] + torch.randn(64, 20, generator=g)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            scope.log(loss=loss)
+    return gradscope.load_run(path)
+
+
+def test_an_lr_jump_that_breaks_the_run_is_the_root(tmp_path):
+    """lr 0.05 -> 5 for steps 100-104 (a schedule bug): the spikes, dead units and plateau after it
+    are its consequences, and the headline names the jump."""
+    findings = diagnose(_scheduled_run(tmp_path / "run", lambda t: 5.0 if 100 <= t < 105 else 0.05))
+    head = findings[0]
+    assert head.kind == "learning_rate" and head.evidence["jump_step"] == 100
+    assert head.evidence["jump_factor"] == pytest.approx(100.0)
+    assert all(f.caused_by == head.id for f in findings[1:] if f.steps[0] >= 100)
+
+
+@pytest.mark.parametrize("schedule", ["warmup-cosine", "survived-10x"])
+def test_lr_schedules_that_do_not_break_the_run_are_not_flagged(schedule, tmp_path):
+    import math
+
+    def warmup_cosine(t: int) -> float:
+        return 0.05 * min(1.0, t / 20) * 0.5 * (1 + math.cos(math.pi * t / 160))
+
+    lr_at = warmup_cosine if schedule == "warmup-cosine" else (lambda t: 0.001 if t < 80 else 0.01)
+    findings = diagnose(_scheduled_run(tmp_path / "run", lr_at))
+    assert "learning_rate" not in kinds(findings)
+    assert [f.kind for f in findings if f.severity != Severity.INFO] == []

@@ -11,6 +11,10 @@ when the run diverges from its first updates: over the first ``early_samples`` s
 median weight norm grows ``growth``-fold while the loss climbs ``early_loss_rise``-fold (plain SGD at
 lr 2: moderate gradients at step 0, then every update overshoots further; the per-step update ratio
 never looks extreme because the weights grow as fast as the updates).
+A learning rate that jumps ``jump``-fold above everything before it (a scheduler bug: a restart to
+the wrong peak, a per-batch schedule fed epochs, a multiplier applied twice), followed within
+``after`` steps by a broken run (non-finite values, or the loss 3x / the gradient norm 10x their
+level before), is a root of its own, from that step on.
 This is the root of what follows (exploding gradients, dead units, spikes, saturation, NaN).
 Cheap: a median over the sampled update-ratio rows.
 """
@@ -41,8 +45,15 @@ SHARE = 0.5
 # run diverges from its first updates (a run that learns never climbs like that; an explosion at
 # initialisation starts high and leaves the weights alone).
 EARLY_LOSS_RISE = 10.0
+# A step whose lr is 10x the largest lr of every step before it (after at least AFTER steps, so the
+# first steps of a warm-up from 0 do not count; a warm-up never jumps 10x above its own past) ...
+JUMP = 10.0
+# ... and, within AFTER steps, the run breaks: the loss 3x or the gradient norm 10x their median over
+# the AFTER steps before the jump, or a non-finite loss or norm.
+AFTER = 10
 DEFAULTS: dict[str, float] = {"early_high": EARLY_HIGH, "early_samples": EARLY_SAMPLES, "high": HIGH,
-                              "growth": GROWTH, "share": SHARE, "early_loss_rise": EARLY_LOSS_RISE}
+                              "growth": GROWTH, "share": SHARE, "early_loss_rise": EARLY_LOSS_RISE,
+                              "jump": JUMP, "after": AFTER}
 
 
 def _dense_cols(run: Run) -> list[int]:
@@ -52,6 +63,57 @@ def _dense_cols(run: Run) -> list[int]:
 
 
 def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
+    jump = _jump(run, cfg)
+    return _too_high(run, cfg) + ([jump] if jump is not None else [])
+
+
+def _jump(run: Run, cfg: dict[str, float]) -> Finding | None:
+    """The first lr jump ``jump``-fold above every earlier lr that the run does not survive (module doc)."""
+    lr = run.scalars.get("lr")
+    after = int(cfg["after"])
+    if lr is None or lr.shape[0] <= after:
+        return None
+    lr = np.where(np.isfinite(lr), lr.astype(np.float64), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        past = np.fmax.accumulate(np.where(np.isnan(lr), -np.inf, lr))  # max lr up to each step
+    loss, g = run.scalars.get("loss"), run.scalars.get("grad_norm")
+    for t in np.flatnonzero(lr[after:] >= cfg["jump"] * np.maximum(past[after - 1:-1], 0)) + after:
+        before = past[t - 1]
+        if not before > 0:
+            continue
+        broke, what = _broke(loss, g, int(t), after)
+        if not broke:
+            continue
+        step = int(run.steps[t])
+        ev = {"jump_step": step, "lr_before": float(before), "lr_after": float(lr[t]),
+              "jump_factor": float(lr[t] / before), "after": what}
+        msg = (f"The learning rate jumped {lr[t] / before:.3g}x at step {step} ({before:.3g} -> {lr[t]:.3g}), "
+               f"far above any earlier value, and the run broke right after it ({what})." + ROOT_CLAIM)
+        remedy = ("Check the learning-rate schedule around that step: a scheduler stepped per batch where it "
+                  "expects epochs (or the reverse), a warm restart to the wrong peak, a multiplier applied "
+                  "twice, an lr set by hand in a param group. Plot the `lr` scalar of this run.")
+        return Finding("learning_rate", Severity.ERROR, [], (step, int(run.steps[-1])), ev, msg, remedy)
+    return None
+
+
+def _broke(loss: np.ndarray | None, g: np.ndarray | None, t: int, after: int) -> tuple[bool, str]:
+    """Whether the run broke within ``after`` steps from ``t`` (see AFTER), and how."""
+    for name, x, factor in (("loss", loss, 3.0), ("gradient norm", g, 10.0)):
+        if x is None:
+            continue
+        x = x.astype(np.float64)
+        window, ref = x[t:t + after], x[max(0, t - after):t]
+        if (~np.isfinite(window)).any() and np.isfinite(ref).all():
+            return True, f"the {name} went non-finite"
+        ref_med = float(np.nanmedian(ref)) if np.isfinite(ref).any() else float("nan")
+        peak = float(np.nanmax(window)) if np.isfinite(window).any() else float("nan")
+        if ref_med > 0 and peak >= factor * ref_med:
+            return True, f"the {name} reached {peak / ref_med:.3g}x its level before"
+    return False, ""
+
+
+def _too_high(run: Run, cfg: dict[str, float]) -> list[Finding]:
     cols = _dense_cols(run)
     if not cols:
         return []

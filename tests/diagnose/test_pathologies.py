@@ -415,3 +415,16 @@ def test_lr_schedules_that_do_not_break_the_run_are_not_flagged(schedule, tmp_pa
     findings = diagnose(_scheduled_run(tmp_path / "run", lr_at))
     assert "learning_rate" not in kinds(findings)
     assert [f.kind for f in findings if f.severity != Severity.INFO] == []
+
+
+def test_a_model_in_eval_mode_from_the_first_step_is_info(tmp_path):
+    """from_pretrained returns a model in eval mode; a loop that never calls train() fine-tunes without
+    dropout, which usually trains fine and may be meant: info, not the mid-run switch's warning."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*_mode_layers())
+    model.eval()
+    x = torch.randn(512, 10)
+    findings = diagnose(_train(tmp_path / "run", model, x, (x[:, 0] > 0).long(), 1e-3))
+    f = one(findings, "eval_mode")
+    assert f.severity == Severity.INFO and not f.evidence["switched_mid_run"]
+    assert "from_pretrained" in f.message

@@ -4,9 +4,12 @@ so the optimizer trains a different model than the one meant, and the validation
 meaning what they should.
 
 Exact, from the watch side (scope/loop.py): scalar ``model_eval_mode`` is 1 when the watched model
-was in eval mode at the first backward of a step. A warning when the model has modules whose
-behaviour depends on the mode (dropout, batch norm); info otherwise (the maths is the same, but a
-loop that forgets ``train()`` will bite once such a module is added). Cheap: one scalar.
+was in eval mode at the first backward of a step. A warning when the model switched to eval mode
+after training in train mode (the validation pass without ``model.train()`` after it: the model
+changes behaviour mid-run) and has modules whose behaviour depends on the mode (dropout, batch
+norm). Info when it was in eval mode from its first step (``from_pretrained`` returns a model in eval
+mode: a fine-tune without dropout, which may be deliberate and usually trains fine), or has no such
+module (the maths is the same). Cheap: one scalar.
 """
 
 from __future__ import annotations
@@ -39,20 +42,24 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     mode_modules = sorted({r.name.rsplit(".", 1)[0] if r.kind == "param" else r.name
                            for r in run.rows if r.module_type in MODE_TYPES})
     types = sorted({r.module_type for r in run.rows if r.module_type in MODE_TYPES})
-    first = int(run.steps[np.flatnonzero(hit)[0]])
-    back = bool((seen & ~hit)[np.flatnonzero(hit)[0]:].any())  # train mode again after it
-    ev = {"steps_checked": n, "steps_in_eval_mode": k, "first_step": first,
+    at = int(np.flatnonzero(hit)[0])
+    first = int(run.steps[at])
+    switched = bool((seen & ~hit)[:at].any())  # trained in train mode before: a mid-run switch
+    back = bool((seen & ~hit)[at:].any())  # train mode again after it
+    ev = {"steps_checked": n, "steps_in_eval_mode": k, "first_step": first, "switched_mid_run": switched,
           "mode_dependent_modules": len(mode_modules), "module_types": types}
     effects = [text for text, on in (("dropout was off", any("Dropout" in t for t in types)),
                                      ("batch norm used its running statistics, which stopped updating",
                                       any("Norm" in t for t in types))) if on]
     affected = (f"{' and '.join(effects)} ({len(mode_modules)} such layers)" if effects
                 else "it has no dropout or batch norm, so the maths was the same")
+    cause = ("A validation pass that calls model.eval() without model.train() after it does this."
+             if switched else "It was in eval mode from the first step: from_pretrained returns a model in "
+             "eval mode, and the loop never called model.train().")
     msg = (f"The model trained in eval mode on {k} of {n} steps (from step {first}"
-           + (", on and off" if back else "") + f"): {affected}. A validation pass that calls model.eval() "
-           "without model.train() after it does this.")
+           + (", on and off" if back else "") + f"): {affected}. {cause}")
     remedy = ("Call model.train() at the start of every training epoch (after each validation pass). To "
               "train without dropout on purpose, set its p to 0 and keep train mode; to freeze batch norm, "
               "call .eval() on those layers only, after model.train().")
-    sev = Severity.WARNING if types else Severity.INFO
+    sev = Severity.WARNING if types and switched else Severity.INFO
     return [Finding("eval_mode", sev, mode_modules[:20], stretch(run.steps, hit), ev, msg, remedy)]

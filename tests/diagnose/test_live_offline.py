@@ -233,3 +233,16 @@ def test_periodic_diagnosis_is_rate_limited_and_never_two_at_once(healthy_relu_a
     assert d.diagnoses == 2
     d.finish()
     assert d.diagnoses == 3 and [f.to_json() for f in d.findings] == [f.to_json() for f in real(run)]
+
+
+@pytest.mark.parametrize("end", [2.4, 1.78])
+def test_plateau_message_says_whether_the_loss_rose(end):
+    """A loss that ends a third higher is not "at its start value"; the change is signed as the loss's."""
+    from gradscope.diagnose import plateau
+
+    loss = np.concatenate([np.full(20, 1.8), np.linspace(1.8, end, 60), np.full(20, end)])
+    f = plateau.detect(_scalar_run(loss), dict(plateau.DEFAULTS))[0]
+    if end > 1.8:
+        assert "ends higher than it started (1.8 -> 2.4, +33.3%)" in f.message
+    else:
+        assert "stays at its start value (1.8 -> 1.78, -1.1%)" in f.message

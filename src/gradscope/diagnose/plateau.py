@@ -90,9 +90,12 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     if at_chance:
         ev["chance_level"] = math.log(c)
         ev["classes"] = c
-    where = (f"at chance level (ln {c} = {math.log(c):.3f} for the {c} outputs of the head)" if at_chance
-             else f"at its start value ({t.start:.4g} -> {t.end:.4g}, {t.improvement:+.1%})")
-    msg = (f"The loss does not improve: it stays {where} over {t.n} logged steps while the gradients "
+    rose = t.end > t.start
+    where = (f"stays at chance level (ln {c} = {math.log(c):.3f} for the {c} outputs of the head)" if at_chance
+             else f"ends higher than it started ({t.start:.4g} -> {t.end:.4g}, {t.end / t.start - 1:+.1%})"
+             if rose and t.start > 0 else f"stays at its start value ({t.start:.4g} -> {t.end:.4g}, "
+             f"{-t.improvement:+.1%})")
+    msg = (f"The loss does not improve: it {where} over {t.n} logged steps while the gradients "
            "are finite." + (" Likely: " + "; ".join(causes) + "." if causes else ""))
     remedy = ("Check, in this order: that the optimizer holds the model's parameters and the learning "
               "rate is not ~0 (print optimizer.param_groups); that the backbone is not frozen by "

@@ -428,3 +428,13 @@ def test_a_model_in_eval_mode_from_the_first_step_is_info(tmp_path):
     f = one(findings, "eval_mode")
     assert f.severity == Severity.INFO and not f.evidence["switched_mid_run"]
     assert "from_pretrained" in f.message
+
+
+def test_pretrained_minilm_at_lr_1e_2_is_a_learning_rate_root(recorded):
+    """AdamW 1e-2 on the pretrained MiniLM: first updates of ~0.15 of the weights and a loss that
+    doubles; the Post-LN-style vanishing and the pooler's saturation that follow are its symptoms."""
+    findings = diagnose(recorded("minilm_lr_overshoot"))
+    head = findings[0]
+    assert head.kind == "learning_rate" and "overshoot" in head.message
+    assert 0.1 <= head.evidence["early_update_ratio_max_median"] < 0.5 and head.evidence["early_loss_rise"] >= 2
+    assert all(f.caused_by == head.id for f in findings[1:] if f.severity != Severity.INFO)

@@ -48,12 +48,16 @@ EARLY_LOSS_RISE = 10.0
 # A step whose lr is 10x the largest lr of every step before it (after at least AFTER steps, so the
 # first steps of a warm-up from 0 do not count; a warm-up never jumps 10x above its own past) ...
 JUMP = 10.0
+# First updates above the "large" bar (HIGH: 100x the healthy 1e-3; a pretrained model fine-tuned
+# at a sane lr moves ~1e-4) on half the weights, with the loss doubling within the early sampled steps
+# instead of falling: the updates overshoot (AdamW 1e-2 on a pretrained MiniLM: 0.15 and 3.7x).
+OVERSHOOT_LOSS_RISE = 2.0
 # ... and, within AFTER steps, the run breaks: the loss 3x or the gradient norm 10x their median over
 # the AFTER steps before the jump, or a non-finite loss or norm.
 AFTER = 10
 DEFAULTS: dict[str, float] = {"early_high": EARLY_HIGH, "early_samples": EARLY_SAMPLES, "high": HIGH,
                               "growth": GROWTH, "share": SHARE, "early_loss_rise": EARLY_LOSS_RISE,
-                              "jump": JUMP, "after": AFTER}
+                              "jump": JUMP, "after": AFTER, "overshoot_loss_rise": OVERSHOOT_LOSS_RISE}
 
 
 def _dense_cols(run: Run) -> list[int]:
@@ -134,6 +138,11 @@ def _too_high(run: Run, cfg: dict[str, float]) -> list[Finding]:
     g_med = float(np.nanmedian(growth)) if np.isfinite(growth).any() else float("nan")
     blowing = high_share >= cfg["share"] and g_med >= cfg["growth"]
     ratios = sampled.size >= 2 and (early_share >= cfg["share"] or blowing)  # the update-ratio evidence
+    with np.errstate(invalid="ignore"):
+        overshoot_share = float(np.mean(early_med >= cfg["high"]))
+    rise = _early_loss_rise(run, early)
+    overshoot = overshoot_share >= cfg["share"] and rise >= cfg["overshoot_loss_rise"]
+    ratios = ratios or overshoot
     diverging = _diverging(run, cols, early, cfg)
     if not ratios and diverging is None:
         return []
@@ -159,6 +168,12 @@ def _too_high(run: Run, cfg: dict[str, float]) -> list[Finding]:
         msg = (f"The learning rate{lr_txt} is far too high: the run diverges from its first updates. By "
                f"step {until} {grew} and the loss climbed to {loss_rise:.3g}x its first value, step after "
                "step: each update overshoots further." + ROOT_CLAIM)
+    elif overshoot and early_share < cfg["share"] and not blowing:
+        ev["early_loss_rise"] = rise
+        msg = (f"The learning rate{lr_txt} is far too high: the first updates change the weights by "
+               f"{ev['early_update_ratio_max_median']:.2g} of their norm (median ||dw||/||w|| over "
+               f"{len(cols)} weights; about 1e-3 is healthy, 1e-4 for a pretrained model) and the loss "
+               f"rose to {rise:.3g}x its first value instead of falling: the updates overshoot." + ROOT_CLAIM)
     else:
         msg = (f"The learning rate{lr_txt} is far too high: the first updates change the weights by "
                f"{ev['early_update_ratio_max_median']:.2g} of their norm (median ||dw||/||w|| over "
@@ -170,6 +185,16 @@ def _too_high(run: Run, cfg: dict[str, float]) -> list[Finding]:
               "1e-3), with a linear warm-up over the first few hundred steps; then rerun and check "
               "the update ratio.")
     return [Finding("learning_rate", Severity.ERROR, layers, steps, ev, msg, remedy)]
+
+
+def _early_loss_rise(run: Run, early: np.ndarray) -> float:
+    """The highest finite loss up to the last early sampled step over the first one (NaN without)."""
+    loss = run.scalars.get("loss")
+    if loss is None or early.size == 0:
+        return float("nan")
+    head = loss[:int(early[-1]) + 1].astype(np.float64)
+    head = head[np.isfinite(head)]
+    return float(head.max() / head[0]) if head.size >= 2 and head[0] > 0 else float("nan")
 
 
 def _diverging(run: Run, cols: list[int], early: np.ndarray,

@@ -438,3 +438,18 @@ def test_pretrained_minilm_at_lr_1e_2_is_a_learning_rate_root(recorded):
     assert head.kind == "learning_rate" and "overshoot" in head.message
     assert 0.1 <= head.evidence["early_update_ratio_max_median"] < 0.5 and head.evidence["early_loss_rise"] >= 2
     assert all(f.caused_by == head.id for f in findings[1:] if f.severity != Severity.INFO)
+
+
+def test_a_backbone_left_in_eval_mode_inside_a_training_model_is_info(tmp_path):
+    """from_pretrained's backbone wrapped in a model that trains: the wrapper is in train mode, the
+    backbone's dropout is off. Info (frozen batch norm on purpose looks the same)."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 32), nn.Dropout(0.3))
+    backbone.eval()
+    model = nn.Sequential(backbone, nn.ReLU(), nn.Linear(32, 3))
+    x = torch.randn(512, 10)
+    run = _train(tmp_path / "run", model, x, (x[:, 0] > 0).long(), 1e-3)
+    assert (run.scalars["model_eval_mode"] == 0).all() and (run.scalars["eval_mode_layers"] == 1).all()
+    f = one(diagnose(run), "eval_mode")
+    assert f.severity == Severity.INFO and f.evidence["eval_fraction_median"] == 1.0
+    assert "model.train()" in f.remedy

@@ -9,7 +9,10 @@ after training in train mode (the validation pass without ``model.train()`` afte
 changes behaviour mid-run) and has modules whose behaviour depends on the mode (dropout, batch
 norm). Info when it was in eval mode from its first step (``from_pretrained`` returns a model in eval
 mode: a fine-tune without dropout, which may be deliberate and usually trains fine), or has no such
-module (the maths is the same). Cheap: one scalar.
+module (the maths is the same). Also info: the model in train mode but most of its dropout and
+batch-norm layers in eval mode (scalar ``eval_mode_layers``): a ``from_pretrained`` backbone inside a
+wrapper stays in eval mode until ``model.train()`` is called on the wrapper; frozen batch norm on
+purpose looks the same. Cheap: two scalars.
 """
 
 from __future__ import annotations
@@ -18,21 +21,57 @@ import numpy as np
 
 from gradscope.diagnose._util import stretch
 from gradscope.diagnose.findings import Finding, Severity
+from gradscope.run.format import MODE_TYPES
 from gradscope.run.reader import Run
 
 NAME = "mode"
 MIN_STEPS = 1
 DEFAULTS: dict[str, float] = {"min_steps": MIN_STEPS}
-# Module types whose forward differs between train() and eval().
-MODE_TYPES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
-              "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d",
-              "LazyBatchNorm2d", "LazyBatchNorm3d")
+
+
+# Most (half or more) of the dropout and batch-norm layers in eval mode on most recorded steps while
+# the model itself trains in train mode.
+LAYERS_SHARE = 0.5
+DEFAULTS["layers_share"] = LAYERS_SHARE
 
 
 def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
     m = run.scalars.get("model_eval_mode")
     if m is None or run.num_steps == 0:
         return []
+    whole = _whole_model(run, m, cfg)
+    if whole:
+        return whole
+    layers = _layers(run, m, cfg)
+    return [layers] if layers is not None else []
+
+
+def _layers(run: Run, m: np.ndarray, cfg: dict[str, float]) -> Finding | None:
+    """Info: the model trains in train mode but most of its dropout/batch-norm layers are in eval mode."""
+    share = run.scalars.get("eval_mode_layers")
+    if share is None:
+        return None
+    with np.errstate(invalid="ignore"):
+        seen = np.isfinite(share) & (m < 0.5)
+        hit = seen & (share >= cfg["layers_share"])
+    n, k = int(seen.sum()), int(hit.sum())
+    if n == 0 or k < 0.5 * n:
+        return None
+    rows = [r for r in run.rows if r.module_type in MODE_TYPES and r.kind != "flow"]
+    types = sorted({r.module_type for r in rows})
+    frac = float(np.median(share[hit]))
+    ev = {"steps_checked": n, "steps_with_layers_in_eval": k, "eval_fraction_median": frac, "module_types": types}
+    msg = (f"The model trained in train mode, but {frac:.0%} of its {'/'.join(types) or 'dropout/batch-norm'} "
+           f"layers were in eval mode on {k} of {n} steps: dropout off (batch norm on running statistics) in "
+           "that part. A from_pretrained backbone inside a wrapper stays in eval mode (from_pretrained "
+           "returns one) until model.train() is called on the wrapper; frozen batch norm on purpose looks the same.")
+    remedy = ("If that part should train with dropout, call model.train() on the whole model after building "
+              "it (and after each validation pass). If the layers are in eval mode on purpose, nothing to do.")
+    return Finding("eval_mode", Severity.INFO, [], stretch(run.steps, hit), ev, msg, remedy)
+
+
+def _whole_model(run: Run, m: np.ndarray, cfg: dict[str, float]) -> list[Finding]:
+    """The model itself in eval mode on training steps (see the module docstring)."""
     seen = np.isfinite(m)
     with np.errstate(invalid="ignore"):
         hit = seen & (m > 0.5)

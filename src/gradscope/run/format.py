@@ -35,6 +35,12 @@ SCALARS = ("grad_norm", "lr")
 # (float32 like every scalar: ~10 ms resolution after a day). load_run gives Run.wall_time instead.
 WALL_TIME = "_wall_time"
 
+# Module types whose forward differs between train() and eval() (dropout, batch norm): the watch side
+# counts those left in eval mode, the diagnosis names them.
+MODE_TYPES = frozenset({"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
+                        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d",
+                        "LazyBatchNorm2d", "LazyBatchNorm3d"})
+
 # Scalars gradscope records itself (and lr_group<N>): Scope.log() refuses these names.
 RESERVED_SCALARS = {
     "grad_norm": "the pre-clip global gradient norm", "lr": "the learning rate",

@@ -14,6 +14,9 @@
   backward of the step: training with dropout off and BatchNorm frozen, the forgotten
   ``model.train()`` after a validation pass). From the first optimizer step taken in eval mode on,
   the Scope counts eval-mode passes as training passes, so the activation and flow rows are kept.
+  With it, ``eval_mode_layers``: the fraction of the model's dropout and batch-norm layers that were
+  in eval mode (a ``from_pretrained`` backbone inside a wrapper stays in eval mode until
+  ``model.train()`` is called on the wrapper).
 - The model's input: mean, std, max |x| and a non-finite flag of the first floating-point tensor
   passed to the model's forward (scalars ``input_mean``, ``input_std``, ``input_absmax``,
   ``input_nonfinite``), once per recorded step. Integer inputs (token ids) are skipped, and so is
@@ -30,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradscope.run.format import MODE_TYPES
 from gradscope.scope import hooks
 from gradscope.scope.step import StepState
 
@@ -60,6 +64,7 @@ class LoopChecks:
         self.backward_seen = False  # a backward already ran in this optimizer step
         self.input_seen = False
         self.checked_optimizers = False
+        self.mode_modules = [m for m in model.modules() if type(m).__name__ in MODE_TYPES]
         # Values of the current step, written into its slot when the optimizer steps: opening the
         # slot earlier would record a step that never reached optimizer.step() (a stop_on stop).
         self.pending: dict[str, Tensor | float] = {}
@@ -104,6 +109,9 @@ class LoopChecks:
             value: Tensor | float = 0.0 if old is None else torch.linalg.vector_norm(old.detach()).float()
             self.pending["stale_grad_norm"] = value
             self.pending["model_eval_mode"] = 0.0 if self.model.training else 1.0
+            if self.mode_modules:
+                off = sum(not m.training for m in self.mode_modules)
+                self.pending["eval_mode_layers"] = off / len(self.mode_modules)
 
         return on_grad
 
@@ -153,3 +161,4 @@ class LoopChecks:
 
     def close(self) -> None:
         self.model, self.named, self.sentinels, self.optimizers = None, [], [], []  # type: ignore[assignment]
+        self.mode_modules = []

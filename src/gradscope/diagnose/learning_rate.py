@@ -137,12 +137,12 @@ def _too_high(run: Run, cfg: dict[str, float]) -> list[Finding]:
         high_share = float(np.mean(all_med >= cfg["high"]))
     g_med = float(np.nanmedian(growth)) if np.isfinite(growth).any() else float("nan")
     blowing = high_share >= cfg["share"] and g_med >= cfg["growth"]
-    ratios = sampled.size >= 2 and (early_share >= cfg["share"] or blowing)  # the update-ratio evidence
+    strong = sampled.size >= 2 and (early_share >= cfg["share"] or blowing)  # the update-ratio evidence
     with np.errstate(invalid="ignore"):
         overshoot_share = float(np.mean(early_med >= cfg["high"]))
     rise = _early_loss_rise(run, early)
     overshoot = overshoot_share >= cfg["share"] and rise >= cfg["overshoot_loss_rise"]
-    ratios = ratios or overshoot
+    ratios = strong or overshoot
     diverging = _diverging(run, cols, early, cfg)
     if not ratios and diverging is None:
         return []
@@ -160,7 +160,7 @@ def _too_high(run: Run, cfg: dict[str, float]) -> list[Finding]:
         ev["lr_max"] = float(np.nanmax(lr))
     steps = (int(run.steps[early[0]]), int(run.steps[-1]))  # from the first large update on
     lr_txt = f" (lr {ev['lr_first']:.3g})" if "lr_first" in ev else ""
-    if not ratios and diverging is not None:
+    if not strong and diverging is not None:  # the clearest evidence first
         w_growth, loss_rise, until = diverging
         ev.update(early_weight_growth=w_growth if np.isfinite(w_growth) else None, early_loss_rise=loss_rise)
         grew = (f"the weight norms grew {w_growth:.3g}x (median over {len(cols)} weights)" if np.isfinite(w_growth)
@@ -168,7 +168,7 @@ def _too_high(run: Run, cfg: dict[str, float]) -> list[Finding]:
         msg = (f"The learning rate{lr_txt} is far too high: the run diverges from its first updates. By "
                f"step {until} {grew} and the loss climbed to {loss_rise:.3g}x its first value, step after "
                "step: each update overshoots further." + ROOT_CLAIM)
-    elif overshoot and early_share < cfg["share"] and not blowing:
+    elif not strong:  # overshoot
         ev["early_loss_rise"] = rise
         msg = (f"The learning rate{lr_txt} is far too high: the first updates change the weights by "
                f"{ev['early_update_ratio_max_median']:.2g} of their norm (median ||dw||/||w|| over "

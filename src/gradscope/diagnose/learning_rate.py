@@ -74,7 +74,7 @@ def detect(run: Run, cfg: dict[str, float]) -> list[Finding]:
 def _jump(run: Run, cfg: dict[str, float]) -> Finding | None:
     """The first lr jump ``jump``-fold above every earlier lr that the run does not survive (module doc)."""
     lr = run.scalars.get("lr")
-    after = int(cfg["after"])
+    after = max(1, int(cfg["after"]))
     if lr is None or lr.shape[0] <= after:
         return None
     lr = np.where(np.isfinite(lr), lr.astype(np.float64), np.nan)
@@ -126,7 +126,7 @@ def _too_high(run: Run, cfg: dict[str, float]) -> list[Finding]:
         return []
     ur = run.metric("param", "update_ratio")[sampled][:, cols].astype(np.float64)  # sampled rows only
     ur = np.where(np.isfinite(ur), ur, np.nan)
-    early = sampled[: int(cfg["early_samples"])]
+    early = sampled[: max(1, int(cfg["early_samples"]))]
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         early_med = np.nanmax(ur[: early.size], axis=0)

@@ -453,3 +453,13 @@ def test_a_backbone_left_in_eval_mode_inside_a_training_model_is_info(tmp_path):
     f = one(diagnose(run), "eval_mode")
     assert f.severity == Severity.INFO and f.evidence["eval_fraction_median"] == 1.0
     assert "model.train()" in f.remedy
+
+
+def test_a_symptoms_fix_names_its_root_first(tmp_path):
+    """Under a learning-rate root, the dead units' own fix (LeakyReLU, init) is not the first thing to do."""
+    findings = diagnose(_regression_run(tmp_path / "run", 0, lr=2.0))
+    head = findings[0]
+    for f in findings[1:]:
+        if f.caused_by:
+            assert f.remedy.startswith(f"First fix {head.id} (learning_rate): this follows from it. Then: ")
+    assert not head.remedy.startswith("First fix")

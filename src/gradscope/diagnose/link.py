@@ -10,6 +10,7 @@ its consequences. Ids are ``F1``, ``F2``, ... in that order.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from gradscope.diagnose.findings import Finding, Severity
@@ -148,6 +149,7 @@ def _root(parent: dict[int, int], i: int) -> int:
 # How a detector that usually finds the root cause ends its message; dropped where another finding
 # explains it (e.g. an RNN explosion through time that makes even a normal learning rate too large).
 ROOT_CLAIM = " Everything below follows from it."
+_SYMPTOM_PREFIX = re.compile(r"^First fix F\d+ \([a-z_]+\): this follows from it\. Then: ")
 
 
 def link(findings: list[Finding]) -> list[Finding]:
@@ -180,6 +182,10 @@ def link(findings: list[Finding]) -> list[Finding]:
         root.consequences.append(findings[si].id)
         if findings[si].message.endswith(ROOT_CLAIM):  # a would-be root that another one explains
             findings[si].message = findings[si].message[:-len(ROOT_CLAIM)] + f" It follows from {root.id}."
+        # A symptom's own fix can contradict its root's (tiny updates: "raise the lr", under a Post-LN
+        # collapse whose fix lowers it): say which fix comes first.
+        remedy = _SYMPTOM_PREFIX.sub("", findings[si].remedy)
+        findings[si].remedy = f"First fix {root.id} ({root.kind}): this follows from it. Then: {remedy}"
     for f in ordered:
         f.consequences.sort(key=lambda i: int(i[1:]))
     return ordered

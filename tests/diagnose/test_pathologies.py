@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -145,20 +146,33 @@ def test_json_is_strict_and_follows_the_contract(name, request):
         assert ("origin" in f) == (f["kind"] == "nonfinite")
 
 
-def _train(path, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int = 30,
-           batch: int = 32) -> gradscope.Run:
+def _fit(path, model: nn.Module, opt: torch.optim.Optimizer, steps: int,
+         loss_at: Callable[[int], torch.Tensor], lr_at: Callable[[int], float] | None = None) -> gradscope.Run:
+    """The usual loop under watch(): ``loss_at(step)`` is the step's forward and loss."""
     torch.set_num_threads(1)
-    opt = torch.optim.AdamW(model.parameters(), lr)
-    g = torch.Generator().manual_seed(0)
     with gradscope.watch(model, opt, log_dir=path, tensorboard=False) as scope:
-        for _ in range(steps):
-            idx = torch.randint(0, x.shape[0], (batch,), generator=g)
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        for t in range(steps):
+            if lr_at is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(t)
+            loss = loss_at(t)
             opt.zero_grad()
             loss.backward()
             opt.step()
             scope.log(loss=loss)
     return gradscope.load_run(path)
+
+
+def _train(path, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int = 30,
+           batch: int = 32) -> gradscope.Run:
+    """AdamW on random batches of (x, y), cross-entropy."""
+    g = torch.Generator().manual_seed(0)
+
+    def loss_at(t: int) -> torch.Tensor:
+        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
+        return nn.functional.cross_entropy(model(x[idx]), y[idx])
+
+    return _fit(path, model, torch.optim.AdamW(model.parameters(), lr), steps, loss_at)
 
 
 class _Branches(nn.Module):
@@ -228,21 +242,16 @@ def _clusters_run(path, seed: int, bad_step: int | None = None) -> gradscope.Run
     """A 20-128-128-5 ReLU MLP with Adam on Gaussian clusters, 300 steps: it converges (loss ~1e-3);
     ``bad_step`` feeds one mislabelled batch there (every label shifted by one class)."""
     torch.manual_seed(seed)
-    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(seed)
     centers = torch.randn(5, 20, generator=g) * 2 / 20 ** 0.5 * 2
     model = nn.Sequential(nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 5))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with gradscope.watch(model, opt, log_dir=path, tensorboard=False) as scope:
-        for t in range(300):
-            y = torch.randint(0, 5, (128,), generator=g)
-            x = centers[y] + 0.5 * torch.randn(128, 20, generator=g)
-            loss = nn.functional.cross_entropy(model(x), (y + 1) % 5 if t == bad_step else y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            scope.log(loss=loss)
-    return gradscope.load_run(path)
+
+    def loss_at(t: int) -> torch.Tensor:
+        y = torch.randint(0, 5, (128,), generator=g)
+        x = centers[y] + 0.5 * torch.randn(128, 20, generator=g)
+        return nn.functional.cross_entropy(model(x), (y + 1) % 5 if t == bad_step else y)
+
+    return _fit(path, model, torch.optim.Adam(model.parameters(), lr=1e-3), 300, loss_at)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -265,20 +274,15 @@ def test_a_bad_batch_on_a_converged_model_still_warns(tmp_path):
 def _regression_run(path, seed: int, lr: float) -> gradscope.Run:
     """A 16-64-64-1 ReLU MLP regressing a smooth target with SGD + momentum, 60 steps."""
     torch.manual_seed(seed)
-    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(16, 1, generator=g)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    with gradscope.watch(model, opt, log_dir=path, tensorboard=False) as scope:
-        for _ in range(60):
-            x = torch.randn(64, 16, generator=g)
-            loss = nn.functional.mse_loss(model(x), torch.sin(x @ w) + 0.1 * x[:, :1] ** 2)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            scope.log(loss=loss)
-    return gradscope.load_run(path)
+
+    def loss_at(t: int) -> torch.Tensor:
+        x = torch.randn(64, 16, generator=g)
+        return nn.functional.mse_loss(model(x), torch.sin(x @ w) + 0.1 * x[:, :1] ** 2)
+
+    return _fit(path, model, torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9), 60, loss_at)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -376,22 +380,16 @@ def test_dead_layers_after_a_fully_dead_one_are_its_consequences(tmp_path):
 def _scheduled_run(path, lr_at) -> gradscope.Run:
     """A ReLU MLP on Gaussian clusters, SGD + momentum, 160 steps, lr set by ``lr_at(step)``."""
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     centers = torch.randn(5, 20, generator=g) * 0.3  # overlapping: the loss stays near 0.5
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5))
+
+    def loss_at(t: int) -> torch.Tensor:
+        y = torch.randint(0, 5, (64,), generator=g)
+        return nn.functional.cross_entropy(model(centers[y] + torch.randn(64, 20, generator=g)), y)
+
     opt = torch.optim.SGD(model.parameters(), lr=lr_at(0), momentum=0.9)
-    with gradscope.watch(model, opt, log_dir=path, tensorboard=False) as scope:
-        for t in range(160):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(t)
-            y = torch.randint(0, 5, (64,), generator=g)
-            loss = nn.functional.cross_entropy(model(centers[y] + torch.randn(64, 20, generator=g)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            scope.log(loss=loss)
-    return gradscope.load_run(path)
+    return _fit(path, model, opt, 160, loss_at, lr_at)
 
 
 def test_an_lr_jump_that_breaks_the_run_is_the_root(tmp_path):

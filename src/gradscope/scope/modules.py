@@ -94,7 +94,8 @@ class ModuleRecorder:
         recompute = _graph_task_id() != -1  # activation checkpointing re-running forward in backward
         if info.depth is None or (info.container and info.order is None):
             self.first_calls(mi, info, recompute)
-        if not self.training(module) or not _grad_enabled():
+        root = self.root  # inlined self.training(module): this runs once per module call
+        if not ((module if root is None else root).training or state.eval_trains) or not _grad_enabled():
             return  # eval and no_grad passes of the watched model are not training steps
         if not recompute and state.stepped:
             self.begin_activity()
